@@ -8,6 +8,7 @@ stage and one process on the full batch see exactly the same samples.
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.models import DataShape
+from engine.registry import DATASETS, DataShape  # noqa: F401  (DATASETS re-exported)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TEXT_CORPUS = ASSETS / "text" / "python_docs.txt"
@@ -61,12 +62,15 @@ def _split(x: np.ndarray, y: np.ndarray, seed: int, shape: DataShape) -> Dataset
 
 
 def load_digits(context: int, data_dir: str) -> Dataset:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, ships with the package)."""
-    from sklearn.datasets import load_digits as sklearn_digits
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, ships with the package).
 
-    bunch = sklearn_digits()
-    images = bunch.images[:, None, :, :] / 16.0  # pixel values 0..16 -> 0..1
-    return _split(images, bunch.target, seed=1234, shape=DataShape("image", 1, 8, 8, 10))
+    Read straight from the package's digits.csv.gz (what sklearn.datasets.load_digits parses):
+    importing sklearn itself costs ~3 s, which every rank would pay before its first step.
+    """
+    package = Path(importlib.util.find_spec("sklearn").origin).parent
+    table = np.loadtxt(package / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    images = table[:, :-1].reshape(-1, 1, 8, 8) / 16.0  # pixel values 0..16 -> 0..1
+    return _split(images, table[:, -1].astype(np.int64), seed=1234, shape=DataShape("image", 1, 8, 8, 10))
 
 
 def load_synthetic(context: int, data_dir: str) -> Dataset:
@@ -82,7 +86,9 @@ def load_text(context: int, data_dir: str) -> Dataset:
     """Character-level text: Python standard-library docstrings shipped in assets/ (see assets/README.md)."""
     text = TEXT_CORPUS.read_text(encoding="ascii")
     vocab = sorted(set(text))
-    stream = torch.tensor([vocab.index(c) for c in text], dtype=torch.int64)
+    lookup = np.zeros(128, dtype=np.int64)
+    lookup[[ord(c) for c in vocab]] = np.arange(len(vocab))
+    stream = torch.from_numpy(lookup[np.frombuffer(text.encode("ascii"), dtype=np.uint8)])
     cut = int(len(stream) * (1 - HELD_OUT_FRACTION))  # a contiguous tail is held out: no window overlaps it
     shape = DataShape("text", vocab_size=len(vocab), context=context, num_classes=len(vocab))
     empty = torch.empty(0, dtype=torch.int64)
@@ -114,30 +120,28 @@ def load_cifar10(context: int, data_dir: str) -> Dataset:
     return Dataset(f32(train_x), i64(train_y), f32(test_x), i64(test_y), DataShape("image", 3, 32, 32, 10))
 
 
-@dataclass(frozen=True)
-class DatasetEntry:
-    kind: str  # "image" or "text": which models it feeds
-    load: Callable[[int, str], Dataset]
-    describe: str
-
-
-DATASETS: dict[str, DatasetEntry] = {
-    "digits": DatasetEntry("image", load_digits, "scikit-learn's 8x8 handwritten digits (real, offline)"),
-    "synthetic": DatasetEntry("image", load_synthetic, "seeded Gaussian images with a learnable label rule"),
-    "text": DatasetEntry("text", load_text, "characters of Python's standard-library docs (offline)"),
-    "cifar10": DatasetEntry("image", load_cifar10, "CIFAR-10 from a local folder (official python format)"),
+LOADERS: dict[str, Callable[[int, str], Dataset]] = {
+    "digits": load_digits,
+    "synthetic": load_synthetic,
+    "text": load_text,
+    "cifar10": load_cifar10,
 }
 
 
 def load_dataset(name: str, context: int = 0, data_dir: str = "") -> Dataset:
-    return DATASETS[name].load(context, data_dir)
+    return LOADERS[name](context, data_dir)
 
 
 def data_shape(name: str, context: int = 0) -> DataShape:
-    """The shape models are sized by, without loading CIFAR-10's 170 MB when it is not needed."""
-    if name == "cifar10":
-        return DataShape("image", 3, 32, 32, 10)
-    return load_dataset(name, context).shape
+    """The shape models are sized by, without loading any data."""
+    if name == "text":
+        vocab_size = len(set(TEXT_CORPUS.read_text(encoding="ascii")))
+        return DataShape("text", vocab_size=vocab_size, context=context, num_classes=vocab_size)
+    return {
+        "digits": DataShape("image", 1, 8, 8, 10),
+        "synthetic": DataShape("image", 1, 8, 8, 10),
+        "cifar10": DataShape("image", 3, 32, 32, 10),
+    }[name]
 
 
 def global_batch_indices(step: int, n_items: int, global_batch: int, seed: int) -> torch.Tensor:

@@ -7,26 +7,11 @@ while it computes.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class DataShape:
-    """What a model must know about its data to size itself."""
-
-    kind: str  # "image" or "text"
-    channels: int = 1
-    height: int = 8
-    width: int = 8
-    num_classes: int = 10
-    vocab_size: int = 0
-    context: int = 0
+from engine.registry import MODELS, DataShape
 
 
 class MLP(nn.Module):
@@ -107,60 +92,15 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    input_kind: str  # the DataShape.kind it needs
-    build: Callable[..., nn.Module]
-    presets: dict[str, dict]
-    describe: str
-
-
-MODELS: dict[str, ModelEntry] = {
-    "mlp": ModelEntry(
-        "image",
-        MLP,
-        {
-            "tiny": dict(hidden=64, depth=2),
-            "small": dict(hidden=512, depth=3),
-            "medium": dict(hidden=2048, depth=4),
-            "large": dict(hidden=4096, depth=6),
-        },
-        "Fully connected layers with ReLU on flattened images.",
-    ),
-    "cnn": ModelEntry(
-        "image",
-        CNN,
-        {
-            "tiny": dict(c1=8, c2=16, fc=32),
-            "small": dict(c1=32, c2=64, fc=128),
-            "seed": dict(c1=64, c2=128, fc=256),
-            "large": dict(c1=128, c2=256, fc=4096),
-        },
-        "The seed article's CIFAR-style CNN: conv-relu-pool x2, linear, linear.",
-    ),
-    "gpt": ModelEntry(
-        "text",
-        GPT,
-        {
-            "tiny": dict(layers=2, width=64, heads=4, context=64),
-            "small": dict(layers=4, width=128, heads=4, context=128),
-            "medium": dict(layers=6, width=384, heads=6, context=256),
-            "large": dict(layers=12, width=768, heads=12, context=256),
-        },
-        "A decoder-only transformer trained on characters.",
-    ),
-}
-
-
-def model_context(model: str, size: str) -> int:
-    """Sequence length a text model trains on (0 for image models)."""
-    return MODELS[model].presets[size].get("context", 0)
+# Registry metadata (names, presets, what data each needs) lives in engine/registry.py, torch-free,
+# so specs validate without importing torch; here each name gets its module class.
+BUILDERS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "gpt": GPT}
 
 
 def build_model(model: str, size: str, shape: DataShape) -> nn.Module:
     preset = dict(MODELS[model].presets[size])
     preset.pop("context", None)  # carried by the DataShape
-    return MODELS[model].build(shape, **preset)
+    return BUILDERS[model](shape, **preset)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -178,9 +118,3 @@ def meta_model(model: str, size: str, shape: DataShape) -> nn.Module:
     with torch.device("meta"):
         return build_model(model, size, shape)
 
-
-def human_count(n: int) -> str:
-    if n < 1000:
-        return str(n)
-    exp = min(int(math.log10(n) // 3), 4)
-    return f"{n / 1000**exp:.3g}{' KMBT'[exp]}"

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.registry import DATASETS, MODELS
+
 # Each strategy, the PyTorch-native recipe that implements it, and one line a student reads.
 STRATEGIES: dict[str, dict[str, str]] = {
     "ddp": {
@@ -80,10 +82,6 @@ class JobSpec:
         return self.global_batch // self.world_size
 
     def validate(self) -> None:
-        # Import here: the registries import nothing heavy, but spec must stay the leaf module.
-        from engine.data import DATASETS
-        from engine.models import MODELS
-
         def choose(field: str, value: str, options) -> None:
             if value not in options:
                 raise SpecError(f"unknown {field} '{value}' (choose {', '.join(options)})")
