@@ -1,0 +1,135 @@
+"""Counts the collectives a rank really issues: calls and payload bytes per collective type.
+
+How: wrap the Python `torch.distributed` collectives (ZeroRedundancyOptimizer's
+broadcasts and FSDP2's all-gathers / reduce-scatters look them up at call
+time), and give DDP a comm hook: its bucket all-reduces are otherwise issued
+from C++ where no Python wrapper sees them. `default_hooks.allreduce_hook`
+calls `dist.all_reduce` from Python and is numerically identical to plain DDP.
+
+Payload is what the collective carries logically (an all-gather's output, a
+reduce-scatter's input, an all-reduce's tensor). Wire bytes (what a rank
+sends) depend on the algorithm; `wire_bytes_estimate` assumes rings and is
+labelled as an estimate everywhere it is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import threading
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+# torch.distributed function -> (collective type, the argument that carries the payload)
+WATCHED: dict[str, tuple[str, str]] = {
+    "all_reduce": ("all_reduce", "tensor"),
+    "broadcast": ("broadcast", "tensor"),
+    "reduce": ("reduce", "tensor"),
+    "all_gather": ("all_gather", "tensor_list"),
+    "all_gather_single": ("all_gather", "output_tensor"),
+    "all_gather_into_tensor": ("all_gather", "output_tensor"),
+    "reduce_scatter": ("reduce_scatter", "input_list"),
+    "reduce_scatter_single": ("reduce_scatter", "input"),
+    "reduce_scatter_tensor": ("reduce_scatter", "input"),
+    "all_to_all_single": ("all_to_all", "input"),
+    "all_to_all": ("all_to_all", "input_tensor_list"),
+}
+
+
+def payload_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(payload_bytes(v) for v in value)
+    return 0
+
+
+def wire_bytes_estimate(op: str, payload: int, world_size: int) -> float:
+    """Bytes one rank sends for one collective under the ring algorithm (an estimate, not a measurement)."""
+    if world_size <= 1:
+        return 0.0
+    share = (world_size - 1) / world_size
+    # A ring all-reduce is a reduce-scatter then an all-gather: twice the one-way traffic.
+    return payload * share * (2 if op == "all_reduce" else 1)
+
+
+class CommCounter:
+    """Installs itself on torch.distributed; `step` holds this step's counts, `total` everything since install."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.step: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # op -> [calls, payload bytes]
+        self.total_payload_bytes = 0
+        self._local = threading.local()
+        self._originals: dict[str, object] = {}
+
+    def install(self) -> "CommCounter":
+        for name, (op, argument) in WATCHED.items():
+            original = getattr(dist, name, None)
+            if original is None:
+                continue
+            self._originals[name] = original
+            setattr(dist, name, self._wrap(original, op, argument))
+        return self
+
+    def uninstall(self) -> None:
+        for name, original in self._originals.items():
+            setattr(dist, name, original)
+        self._originals.clear()
+
+    def _wrap(self, original, op: str, argument: str):
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def counted(*args, **kwargs):
+            # Only the outermost call counts: one collective may be implemented by another.
+            depth = getattr(self._local, "depth", 0)
+            if depth == 0 and not getattr(self._local, "paused", False):
+                bound = signature.bind_partial(*args, **kwargs).arguments
+                size = payload_bytes(bound.get(argument))
+                entry = self.step[op]
+                entry[0] += 1
+                entry[1] += size
+                self.total_payload_bytes += size
+            self._local.depth = depth + 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._local.depth = depth
+
+        return counted
+
+    def reset_step(self) -> None:
+        self.step.clear()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Bookkeeping collectives (the logged global loss, eval) are not the strategy's traffic."""
+        self._local.paused = True
+        try:
+            yield
+        finally:
+            self._local.paused = False
+
+    def step_metrics(self) -> dict[str, float]:
+        record: dict[str, float] = {}
+        payload = wire = 0.0
+        for op, (calls, size) in sorted(self.step.items()):
+            record[f"comm/{op}/calls"] = calls
+            record[f"comm/{op}/bytes"] = size
+            payload += size
+            wire += wire_bytes_estimate(op, size, self.world_size)
+        record["comm/payload_bytes"] = int(payload)
+        record["comm/wire_bytes_est"] = int(wire)
+        record["comm/cum_payload_bytes"] = self.total_payload_bytes
+        return record
+
+
+def register_counting_ddp_hook(ddp_model) -> None:
+    """Route DDP's bucket all-reduces through Python's dist.all_reduce, where CommCounter sees them."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    ddp_model.register_comm_hook(state=None, hook=default_hooks.allreduce_hook)

@@ -1,0 +1,116 @@
+"""What a rank really holds: exact model-state bytes by category, process RSS and its peak, CUDA and NVML.
+
+Model-state bytes come from walking the tensors (local shards for DTensors),
+each storage counted once. That is exact and free, and it is what the ZeRO
+paper's memory table is about. RSS is what the operating system sees; under
+glibc malloc it keeps freed buffers, so it is shown beside, never instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import psutil
+import torch
+
+CATEGORIES = ("params", "master", "grads", "optimizer")
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _add(seen: set[int], tensor: torch.Tensor | None) -> int:
+    """Bytes of a tensor not counted yet (keyed by its address: a gradient bucket view counts once)."""
+    if tensor is None:
+        return 0
+    tensor = _local(tensor)
+    if tensor.numel() == 0 or tensor.data_ptr() in seen:
+        return 0
+    seen.add(tensor.data_ptr())
+    return tensor.numel() * tensor.element_size()
+
+
+def model_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """params: what forward computes with; master: optimizer-owned parameter storage apart from those
+    (ZeRO-2's sharded fp32 copy); grads; optimizer: state tensors (Adam's moments and step counters)."""
+    seen: set[int] = set()
+    params = sum(_add(seen, p) for p in model.parameters())
+    optimizer_params = [p for group in optimizer.param_groups for p in group["params"]]
+    master = sum(_add(seen, p) for p in optimizer_params)
+    grads = sum(_add(seen, p.grad) for p in [*model.parameters(), *optimizer_params])
+    # ZeroRedundancyOptimizer keeps its rank's state in the wrapped local optimizer.
+    local_optimizer = getattr(optimizer, "optim", optimizer)
+    state = sum(
+        _add(seen, value)
+        for per_param in local_optimizer.state.values()
+        for value in per_param.values()
+        if isinstance(value, torch.Tensor)
+    )
+    return {"params": params, "master": master, "grads": grads, "optimizer": state}
+
+
+class ProcessMemory:
+    """RSS now, and the peak since the last reset (Linux: VmHWM, reset through /proc/self/clear_refs)."""
+
+    def __init__(self):
+        self.process = psutil.Process()
+        self.linux = sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
+        self._sampled_peak = 0
+
+    def rss_bytes(self) -> int:
+        rss = self.process.memory_info().rss
+        self._sampled_peak = max(self._sampled_peak, rss)
+        return rss
+
+    def reset_peak(self) -> None:
+        self._sampled_peak = 0
+        if self.linux:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self.linux = False
+
+    def peak_rss_bytes(self) -> int:
+        if self.linux:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        return self._sampled_peak  # elsewhere: the largest RSS we sampled
+
+
+class DeviceMemory:
+    """CUDA allocator statistics and NVML's view of the device; empty on CPU or when NVML is absent."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.nvml_handle = None
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.nvml = pynvml
+                self.nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            except Exception:  # no driver library, or NVML refuses: CUDA stats still work
+                self.nvml_handle = None
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def metrics(self) -> dict[str, int]:
+        if self.device.type != "cuda":
+            return {}
+        record = {
+            "cuda_allocated_bytes": torch.cuda.memory_allocated(self.device),
+            "cuda_reserved_bytes": torch.cuda.memory_reserved(self.device),
+            "cuda_peak_allocated_bytes": torch.cuda.max_memory_allocated(self.device),
+        }
+        if self.nvml_handle is not None:
+            record["nvml_used_bytes"] = int(self.nvml.nvmlDeviceGetMemoryInfo(self.nvml_handle).used)
+        return record
+

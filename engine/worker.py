@@ -1,0 +1,232 @@
+"""One rank of one ShardLab run: the torchrun target. Reads top to bottom like nanoGPT's train.py.
+
+On one machine (what the launcher runs):
+  torchrun --standalone --nproc-per-node=2 -m engine.worker runs/<run_id>/spec.json
+On two machines (print the exact line with `python -m engine torchrun-command`):
+  torchrun --nnodes=2 --node-rank=0 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \
+      -m engine.worker spec.json
+Without torchrun it runs as a single rank (RANK/WORLD_SIZE absent), which is the full-batch reference.
+
+Every number it reports is measured here and appended, one JSON line per record, to
+<run dir>/metrics/rank<r>.jsonl (never to the shared stdout, where ranks' lines interleave).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from engine.comm import CommCounter
+from engine.data import global_batch_indices, load_dataset, rank_slice
+from engine.memory import DeviceMemory, ProcessMemory, model_state_bytes
+from engine.models import build_model, count_parameters
+from engine.registry import model_context
+from engine.spec import STRATEGIES, JobSpec
+from engine.strategies import after_optimizer_step, apply_strategy, build_optimizer, full_parameters
+
+EVAL_ITEMS = 512  # held-out samples per evaluation, split evenly over the ranks
+DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # bf16: fp32 weights, bf16 compute
+
+
+class MetricsWriter:
+    """Appends one JSON record per line; each line goes out in a single write(), so a kill never leaves half a
+    record mid-file (at worst a torn last line, which readers skip)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, **record) -> None:
+        os.write(self.fd, (json.dumps(record) + "\n").encode())
+
+
+def die_with_parent() -> None:
+    """If torchrun is SIGKILLed its workers would run on as orphans; ask Linux to kill us with it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(spec_path: Path) -> None:
+    # -------------------------------------------------------------------------------------- setup
+    spec = JobSpec.load(spec_path)
+    run_dir = spec_path.parent
+    die_with_parent()
+    stop_requested = False
+
+    def request_stop(signum, frame):  # SIGTERM from torchrun (a cancel): finish this step, then leave
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+
+    distributed = "RANK" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if spec.device == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not distributed:  # a single process still needs a group for DDP/FSDP: a world of one
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
+    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    metrics = MetricsWriter(run_dir / "metrics" / f"rank{rank}.jsonl")
+    try:
+        train(spec, run_dir, rank, world_size, device, backend, metrics, lambda: stop_requested)
+    except BaseException as error:
+        metrics.write(
+            kind="error", rank=rank, t=time.time(), message=f"{type(error).__name__}: {error}",
+            traceback=traceback.format_exc(),
+        )
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop) -> None:
+    # ------------------------------------------------------------------------ data and model
+    torch.manual_seed(spec.seed)  # same seed on every rank: identical initial weights everywhere
+    dataset = load_dataset(spec.dataset, model_context(spec.model, spec.size), spec.data_dir)
+    if spec.global_batch > len(dataset):
+        raise ValueError(f"global batch {spec.global_batch} is larger than the {len(dataset)} training samples")
+    dtype = DTYPES[spec.precision]
+    model = build_model(spec.model, spec.size, dataset.shape).to(device=device, dtype=dtype)
+    param_count = count_parameters(model)
+
+    comm = CommCounter(world_size).install() if spec.instrument else None
+    model = apply_strategy(model, spec.strategy, device, spec.precision, count_comm=comm is not None)
+    optimizer = build_optimizer(model, spec.strategy, spec.optimizer, spec.lr)
+    # DDP/ZeRO-1 compute in bf16 under autocast; FSDP2 casts through its MixedPrecisionPolicy instead.
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if spec.precision == "bf16" and spec.strategy in ("ddp", "zero1")
+        else nullcontext()
+    )
+    process_memory, device_memory = ProcessMemory(), DeviceMemory(device)
+    metrics.write(
+        kind="start", rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
+        backend=backend, device=str(device), param_count=param_count,
+        strategy_pytorch=STRATEGIES[spec.strategy]["pytorch"], t=time.time(),
+    )
+
+    def snapshot(phase: str) -> dict:
+        if not spec.instrument:
+            return {}
+        state = model_state_bytes(model, optimizer)
+        record = {f"mem/{phase}/{category}_bytes": size for category, size in state.items()}
+        record[f"mem/{phase}/rss_bytes"] = process_memory.rss_bytes()
+        return record
+
+    # ------------------------------------------------------------------------------ training
+    step = 0
+    while step < spec.steps and not should_stop():
+        step += 1
+        if step == spec.fail_at_step and rank == world_size - 1:
+            raise RuntimeError(f"rank {rank} failed on purpose at step {step} (fail_at_step test hook)")
+        logging_step = step % spec.log_interval == 0 or step == spec.steps
+        if comm:
+            comm.reset_step()
+        process_memory.reset_peak()
+        device_memory.reset_peak()
+        t0 = time.perf_counter()
+
+        indices = rank_slice(global_batch_indices(step - 1, len(dataset), spec.global_batch, spec.seed), rank, world_size)
+        x, y = dataset.batch(indices)
+        x, y = x.to(device), y.to(device)
+        if x.is_floating_point():
+            x = x.to(dtype)
+        with autocast:
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, -2), y.flatten())
+        memory = snapshot("forward") if logging_step else {}
+        loss.backward()
+        memory |= snapshot("backward") if logging_step else {}
+        optimizer.step()
+        after_optimizer_step(model, spec.strategy)
+        # Keep gradient storage (zeroed, not freed): DDP's buckets hold it anyway, and the memory shown stays honest.
+        optimizer.zero_grad(set_to_none=False)
+        memory |= snapshot("step") if logging_step else {}
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # a CPU-GPU sync point: the step is done only when the GPU is
+        step_time_s = time.perf_counter() - t0
+
+        if logging_step:
+            record = dict(
+                kind="train", step=step, rank=rank, world_size=world_size, t=time.time(),
+                loss=loss.item(), step_time_s=step_time_s, samples_per_s=spec.global_batch / step_time_s,
+                rss_bytes=process_memory.rss_bytes(), peak_rss_bytes=process_memory.peak_rss_bytes(),
+            )
+            if comm:
+                record |= comm.step_metrics()
+            with comm.paused() if comm else nullcontext():  # bookkeeping, not the strategy's traffic
+                record["loss_global"] = global_mean(loss.detach().float(), world_size)
+            metrics.write(**record, **memory, **device_memory.metrics())
+        if (spec.eval_interval and step % spec.eval_interval == 0) or step == spec.steps:
+            with comm.paused() if comm else nullcontext():
+                eval_loss, eval_accuracy = evaluate(model, dataset, rank, world_size, device, dtype, autocast)
+            metrics.write(kind="eval", step=step, rank=rank, t=time.time(), eval_loss=eval_loss,
+                          eval_accuracy=eval_accuracy)
+
+    # ------------------------------------------------------------------------------ the end
+    if spec.save_final_params:
+        with comm.paused() if comm else nullcontext():
+            params = full_parameters(model)  # a collective for sharded models: every rank takes part
+        if rank == 0:
+            torch.save(params, run_dir / "final_params.pt")
+    metrics.write(kind="end", step=step, rank=rank, t=time.time(), cancelled=should_stop())
+
+
+def global_mean(value: torch.Tensor, world_size: int) -> float:
+    total = value.clone()
+    dist.all_reduce(total)
+    return total.item() / world_size
+
+
+@torch.no_grad()
+def evaluate(model, dataset, rank, world_size, device, dtype, autocast) -> tuple[float, float]:
+    """Loss and accuracy over held-out data; each rank takes an equal slice, sums are all-reduced."""
+    indices = dataset.held_out_indices(EVAL_ITEMS)
+    indices = rank_slice(indices[: len(indices) // world_size * world_size], rank, world_size)
+    x, y = dataset.batch(indices, split="test")
+    x, y = x.to(device), y.to(device)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    model.eval()
+    with autocast:
+        logits = model(x).float().flatten(0, -2)
+    model.train()
+    y = y.flatten()
+    sums = torch.tensor(
+        [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(-1) == y).sum().item(), y.numel()],
+        dtype=torch.float64, device=device,
+    )
+    dist.all_reduce(sums)
+    return sums[0].item() / sums[2].item(), sums[1].item() / sums[2].item()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: torchrun ... -m engine.worker RUN_DIR/spec.json")
+    main(Path(sys.argv[1]))
