@@ -1,0 +1,135 @@
+"""Command line for headless and cluster use: python -m engine {train,summary,runs,cancel,torchrun-command,estimate}."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from engine import launcher, runstore
+from engine.spec import JobSpec, SpecError
+
+ALIASES = {"global_batch": ["--batch"]}
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per JobSpec field, generated from the dataclass, so the CLI can never drift from the spec."""
+    parser.add_argument("--spec", type=Path, help="start from this spec.json; flags below override its fields")
+    for field in dataclasses.fields(JobSpec):
+        flag = "--" + field.name.replace("_", "-")
+        names = [flag, *ALIASES.get(field.name, [])]
+        if field.type in ("bool", bool):
+            parser.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type), str)
+            parser.add_argument(*names, dest=field.name, type=kind, default=None, help=f"default {field.default!r}")
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    values = json.loads(args.spec.read_text()) if args.spec else {}
+    for field in dataclasses.fields(JobSpec):
+        if getattr(args, field.name) is not None:
+            values[field.name] = getattr(args, field.name)
+    return JobSpec.from_dict(values)
+
+
+def cmd_train(args) -> int:
+    spec = spec_from_args(args)
+    run_id = launcher.launch(spec, args.runs_dir)
+    print(run_id, flush=True)
+    if not args.wait:
+        return 0
+    status = launcher.wait(run_id, args.runs_dir, timeout_s=float("inf"))
+    print(f"{status['state']}" + (f": {status['error']}" if status.get("error") else ""), file=sys.stderr)
+    return 0 if status["state"] == "succeeded" else 1
+
+
+def cmd_summary(args) -> int:
+    print(json.dumps(runstore.summary(runstore.run_dir(args.run_id, args.runs_dir)), indent=2))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    for run in runstore.list_runs(args.runs_dir):
+        spec = run["spec"]
+        print(f"{run['run_id']:<32} {run['state']:<10} {spec['strategy']:<6} {spec['nproc']} ranks  "
+              f"{spec['model']}/{spec['size']} on {spec['dataset']}, {spec['steps']} steps")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    status = launcher.cancel(args.run_id, args.runs_dir)
+    print(status["state"])
+    return 0
+
+
+def cmd_torchrun_command(args) -> int:
+    from engine.supervisor import torchrun_command
+
+    spec = spec_from_args(args)
+    if spec.nnodes > 1 and not args.rdzv_endpoint:
+        raise SpecError("a multi-node job needs --rdzv-endpoint HOST:PORT (the address of node 0)")
+    spec_path = args.spec_out or Path("spec.json")
+    if args.spec_out:
+        spec.save(args.spec_out)
+    command = torchrun_command(spec_path, spec.nproc, spec.nnodes, args.node_rank, args.rdzv_endpoint)
+    command[0] = "python"  # the line is for another machine: its own interpreter
+    print(f"# copy {spec_path} to every node (same path), then on node k run with --node-rank=k:", file=sys.stderr)
+    if not args.spec_out:
+        print(f"# write the spec with --spec-out {spec_path}; it is:\n# " + spec.to_json().replace("\n", " "),
+              file=sys.stderr)
+    print(shlex.join(command))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="ShardLab engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_runs_dir(p):
+        p.add_argument("--runs-dir", type=Path, default=None, help="default: $SHARDLAB_RUNS_DIR or ./runs")
+        return p
+
+    train = with_runs_dir(commands.add_parser("train", help="start a run; prints its id"))
+    add_spec_arguments(train)
+    train.add_argument("--wait", action="store_true", help="block until the run ends; exit 1 unless it succeeded")
+    train.set_defaults(handler=cmd_train)
+
+    summary = with_runs_dir(commands.add_parser("summary", help="one JSON object describing a run"))
+    summary.add_argument("run_id")
+    summary.set_defaults(handler=cmd_summary)
+
+    with_runs_dir(commands.add_parser("runs", help="list runs")).set_defaults(handler=cmd_runs)
+
+    cancel = with_runs_dir(commands.add_parser("cancel", help="stop a running run"))
+    cancel.add_argument("run_id")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    multinode = commands.add_parser("torchrun-command", help="print the torchrun line for this spec on a cluster")
+    add_spec_arguments(multinode)
+    multinode.add_argument("--node-rank", type=int, default=0)
+    multinode.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of node 0's rendezvous")
+    multinode.add_argument("--spec-out", type=Path, default=None, help="also write the spec file here")
+    multinode.set_defaults(handler=cmd_torchrun_command)
+
+    try:
+        from engine.estimate import add_estimate_arguments, run_estimate_command
+    except ImportError:  # the estimator module is optional for the rest of the CLI
+        pass
+    else:
+        estimate = commands.add_parser("estimate", help="per-rank memory for any model, strategy and rank count")
+        add_estimate_arguments(estimate)
+        estimate.set_defaults(handler=run_estimate_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (SpecError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
