@@ -1,0 +1,228 @@
+"""Reads one run directory into display-ready frames: only new metric lines per refresh, ~1k points per series.
+
+No streamlit here, so the benchmark and the tests call exactly what the live view calls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine import runstore
+
+MAX_POINTS_PER_SERIES = 1000  # Altair stays smooth at ~1k points per line; 10k is too heavy for a 1 s refresh
+ACTIVE_STATES = runstore.ACTIVE_STATES
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def runs_dir() -> Path:
+    """The runs folder, read from SHARDLAB_RUNS_DIR at call time (tests point it at a temp dir)."""
+    return runstore.runs_dir_default()
+
+
+class MetricsTail:
+    """Every record of one run, parsed once: each call reads only the complete lines appended since the last.
+
+    runstore.read_metrics re-parses whole files; at 10,000 steps x 2 ranks that is ~0.5 s per refresh,
+    so the live view keeps one of these per run (the files only grow while a run writes them).
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._lock = threading.Lock()  # several browser sessions may refresh the same run at once
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offsets: dict[Path, int] = {}
+        self._train = pd.DataFrame()
+        self.events: list[dict] = []  # start, eval, end and error records, in file order
+
+    def update(self) -> pd.DataFrame:
+        """Reads new lines and returns every train record so far, sorted by (rank, step)."""
+        with self._lock:
+            files = runstore.rank_files(self.run_dir)
+            if any(path.stat().st_size < self._offsets.get(path, 0) for path in files):
+                self._reset()  # a file was rewritten from scratch: start over
+            new_train: list[dict] = []
+            for path in files:
+                offset = self._offsets.get(path, 0)
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
+                self._offsets[path] = offset + len(complete)
+                for line in complete.splitlines():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # a garbled line (killed writer) is skipped, never fatal
+                    (new_train if record.get("kind") == "train" else self.events).append(record)
+            if new_train:
+                frame = pd.concat([self._train, pd.DataFrame.from_records(new_train)], ignore_index=True)
+                self._train = frame.sort_values(["rank", "step"], kind="stable").reset_index(drop=True)
+            return self._train
+
+
+def downsample(train: pd.DataFrame, max_points: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
+    """Keeps about max_points evenly spaced steps (the same steps on every rank), always the first and last."""
+    if train.empty:
+        return train
+    steps = np.unique(train["step"].to_numpy())
+    if len(steps) <= max_points:
+        return train
+    keep = steps[np.unique(np.linspace(0, len(steps) - 1, max_points).round().astype(int))]
+    return train[train["step"].isin(keep)].reset_index(drop=True)
+
+
+def latest_per_rank(train: pd.DataFrame) -> pd.DataFrame:
+    """Each rank's record at the newest step every rank has reached (ranks drift by a step at most)."""
+    if train.empty:
+        return train
+    common = train.groupby("rank")["step"].max().min()
+    return train[train["step"] == common].sort_values("rank").reset_index(drop=True)
+
+
+@dataclass
+class RunSnapshot:
+    """Everything the run view draws, read from disk at one moment."""
+
+    run_id: str
+    status: dict
+    spec: dict
+    train: pd.DataFrame  # downsampled, all ranks
+    latest: pd.DataFrame  # one row per rank, newest common step
+    evals: pd.DataFrame  # step, eval_loss, eval_accuracy (one rank's copy: the value is global)
+    starts: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    steps_done: int = 0
+    log: str = ""
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "queued")
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.spec.get("steps", 0))
+
+    @property
+    def param_count(self) -> int | None:
+        return self.starts[0].get("param_count") if self.starts else None
+
+    @property
+    def bytes_per_element(self) -> int:
+        """Bytes of one parameter element for Ψ: 8 in fp64, else 4 (bf16 keeps fp32 parameters)."""
+        return 8 if self.spec.get("precision") == "fp64" else 4
+
+    @property
+    def device(self) -> str:
+        return self.starts[0].get("device", "cpu") if self.starts else self.spec.get("device", "cpu")
+
+
+def load_snapshot(run_dir: Path, tail: MetricsTail | None = None, log_lines: int = 30) -> RunSnapshot:
+    """Reads status, spec, metrics (through `tail`, incrementally, when given) and the log tail."""
+    run_dir = Path(run_dir)
+    status = runstore.read_status(run_dir)
+    tail = tail or MetricsTail(run_dir)
+    train = tail.update()
+    events = list(tail.events)
+    evals = pd.DataFrame(
+        [e for e in events if e.get("kind") == "eval" and e.get("rank") == 0],
+        columns=["step", "eval_loss", "eval_accuracy"],
+    )
+    return RunSnapshot(
+        run_id=run_dir.name,
+        status=status,
+        spec=json.loads((run_dir / "spec.json").read_text()),
+        train=downsample(train),
+        latest=latest_per_rank(train),
+        evals=evals[["step", "eval_loss", "eval_accuracy"]] if not evals.empty else evals,
+        starts=sorted((e for e in events if e.get("kind") == "start"), key=lambda e: e["rank"]),
+        errors=[e for e in events if e.get("kind") == "error"],
+        steps_done=int(train["step"].max()) if not train.empty else 0,
+        log=runstore.log_tail(run_dir, log_lines),
+    )
+
+
+def progress(snap: RunSnapshot, now: float | None = None) -> dict:
+    """Step k of K, seconds since start, and an ETA from the wall-clock pace of the logged steps."""
+    now = time.time() if now is None else now
+    started = snap.status.get("started_at") or snap.status.get("created_at") or now
+    ended = snap.status.get("ended_at")
+    elapsed_s = max(0.0, (ended or now) - started)
+    eta_s = None
+    if snap.active and snap.steps_done and not snap.train.empty:
+        rank0 = snap.train[snap.train["rank"] == snap.train["rank"].min()]
+        first, last = rank0.iloc[0], rank0.iloc[-1]
+        if last["step"] > first["step"]:
+            pace_s = (last["t"] - first["t"]) / (last["step"] - first["step"])
+            eta_s = max(0.0, pace_s * (snap.total_steps - snap.steps_done))
+    fraction = min(1.0, snap.steps_done / snap.total_steps) if snap.total_steps else 0.0
+    return {"step": snap.steps_done, "total": snap.total_steps, "fraction": fraction,
+            "elapsed_s": elapsed_s, "eta_s": eta_s}
+
+
+def failure_in_words(snap: RunSnapshot) -> str | None:
+    """Why a run failed, in one or two sentences a student can act on (None unless it failed)."""
+    if snap.state != "failed":
+        return None
+    if snap.errors:
+        first = min(snap.errors, key=lambda e: e.get("t", 0))
+        message = str(first.get("message", "")).strip().splitlines()
+        return f"Rank {first.get('rank')} stopped with an error: {message[-1] if message else 'no message'}."
+    if snap.status.get("error"):
+        return f"The run failed: {snap.status['error']}."
+    code = snap.status.get("exit_code")
+    return f"The run failed (torchrun exit code {code}); the log below says more."
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    minutes, s = divmod(seconds, 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h {m:02d}m" if hours else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def run_stamp(run_dir: Path) -> tuple:
+    """Changes whenever the run's status or metrics change: a cache key for anything read from the run."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / "status.json", *runstore.rank_files(run_dir)]
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths if p.exists())
+
+
+def _per_rank(values: list[float], divisor: float) -> str:
+    return " · ".join(f"{v / divisor:,.1f}" for v in values) if values else "–"
+
+
+def runs_table(summaries: list[dict]) -> pd.DataFrame:
+    """One row per run for the Runs page; memory per rank shown in MiB (2^20 bytes), ranks separated by ·."""
+    from engine.spec import STRATEGIES
+
+    rows = []
+    for s in summaries:
+        spec, per_rank = s.get("spec", {}), s.get("per_rank", [])
+        rows.append({
+            "run": s["run_id"],
+            "status": s.get("status"),
+            "strategy": STRATEGIES.get(spec.get("strategy"), {}).get("label", spec.get("strategy")),
+            "ranks": spec.get("nproc", 1) * spec.get("nnodes", 1),
+            "model": f"{spec.get('model')} {spec.get('size')} · {spec.get('dataset')}",
+            "steps": f"{s.get('steps_done', 0)}/{spec.get('steps')}",
+            "final loss": s.get("final_loss"),
+            "accuracy": s.get("eval_accuracy"),
+            "peak RSS per rank (MiB)": _per_rank([r.get("peak_rss_bytes", 0) for r in per_rank], 2**20),
+            "model state per rank (MiB)": _per_rank([r["model_state_bytes"]["total"] for r in per_rank], 2**20),
+        })
+    return pd.DataFrame(rows)
