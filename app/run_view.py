@@ -1,0 +1,154 @@
+"""The live run view, shared by the Train and Runs pages: status, progress, loss, memory, communication, speed, log.
+
+Everything is read from the run directory on each refresh. The fragment re-runs on a timer only while
+the run is active; when it ends, one full rerun turns the timer off and removes the Cancel button.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app import charts
+from app.run_data import MetricsTail, RunSnapshot, failure_in_words, format_duration, load_snapshot, progress, runs_dir
+from engine import runstore
+from engine.spec import STRATEGIES
+
+REFRESH_S = 1.0
+STATE_BADGES = {  # state -> (label, color, icon)
+    "queued": ("queued", "gray", ":material/hourglass_empty:"),
+    "running": ("running", "blue", ":material/autorenew:"),
+    "succeeded": ("succeeded", "green", ":material/check_circle:"),
+    "failed": ("failed", "red", ":material/error:"),
+    "cancelled": ("cancelled", "orange", ":material/cancel:"),
+}
+RSS_CAPTION = (
+    "RSS is what the operating system counts for each rank's process. Under the default glibc malloc, "
+    "freed buffers (ZeRO-3's gathered layers, for one) stay in the heap, so a ZeRO-3 rank's RSS can look "
+    "*larger* than DDP's. Launch with *Memory-accurate RSS* for honest numbers; the model-state bars "
+    "(parameters, gradients, optimizer state) are exact either way."
+)
+RSS_CAPTION_ACCURATE = (
+    "This run used memory-accurate mode (MALLOC_MMAP_THRESHOLD_=65536): large freed buffers go back to the "
+    "operating system, so RSS follows what each rank really holds."
+)
+COMM_CAPTION = (
+    "Payload = bytes this rank handed to each collective in the newest step. Ψ = parameter count × {bpe} bytes. "
+    "The labels use the ZeRO paper's convention: an all-reduce counts **2× its payload** (a ring all-reduce is "
+    "a reduce-scatter followed by an all-gather), so DDP shows 2Ψ, ZeRO-2 2Ψ and ZeRO-3 3Ψ (one more all-gather of "
+    "the parameters for the backward). PyTorch's ZeroRedundancyOptimizer (ZeRO-1 here) all-reduces the full "
+    "gradients and then broadcasts updated parameters: 3Ψ, not the paper's 2Ψ. gloo's real wire traffic differs."
+)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def metrics_tail(run_dir: str) -> MetricsTail:
+    """One incremental reader per run, shared by every session watching it."""
+    return MetricsTail(Path(run_dir))
+
+
+def show_run(run_id: str, key: str) -> None:
+    """Draws one run; `key` keeps widget keys apart when two pages use the view."""
+    run_dir = runs_dir() / run_id
+    if not (run_dir / "spec.json").is_file():
+        st.warning(f"No run '{run_id}' in {runs_dir().resolve()}.")
+        return
+    active = runstore.read_status(run_dir).get("state") in runstore.ACTIVE_STATES
+    title, cancel = st.columns([5, 1], vertical_alignment="center")
+    title.subheader(f"Run {run_id}", anchor=False)
+    if active:
+        cancel.button("Cancel", icon=":material/stop_circle:", key=f"{key}_cancel", on_click=_cancel, args=(run_id,))
+    st.fragment(run_every=REFRESH_S if active else None)(_live)(run_dir, active)
+
+
+def _cancel(run_id: str) -> None:
+    from engine import launcher
+
+    launcher.cancel(run_id, runs_dir=runs_dir())
+
+
+def _live(run_dir: Path, was_active: bool) -> None:
+    snap = load_snapshot(run_dir, metrics_tail(str(run_dir)))
+    if was_active and not snap.active:
+        st.rerun()  # a full rerun stops the timer and hides Cancel
+    draw_snapshot(snap)
+
+
+def _header(snap: RunSnapshot) -> None:
+    failure = failure_in_words(snap)
+    if failure:
+        st.error(failure, icon=":material/error:")
+    label, color, icon = STATE_BADGES.get(snap.state, (snap.state, "gray", None))
+    spec = snap.spec
+    strategy = STRATEGIES.get(spec.get("strategy"), {})
+    pytorch = snap.starts[0].get("strategy_pytorch") if snap.starts else strategy.get("pytorch", "")
+    psi = f" · Ψ = {snap.param_count:,} parameters" if snap.param_count else ""
+    st.markdown(
+        f":{color}-badge[{icon} {label}] **{strategy.get('label', spec.get('strategy'))}** on "
+        f"{spec.get('nproc')} {'GPU' if spec.get('device') == 'cuda' else 'CPU'} ranks · "
+        f"{spec.get('model')} {spec.get('size')} on {spec.get('dataset')}{psi}"
+    )
+    st.caption(f"`{pytorch}`")
+    p = progress(snap)
+    eta = f" · ETA {format_duration(p['eta_s'])}" if snap.active and p["eta_s"] is not None else ""
+    st.progress(p["fraction"], text=f"step {p['step']} of {p['total']} · elapsed {format_duration(p['elapsed_s'])}{eta}")
+
+
+def _headline(snap: RunSnapshot) -> None:
+    last = snap.latest.iloc[0] if not snap.latest.empty else None
+    accuracy = snap.evals["eval_accuracy"].iloc[-1] if not snap.evals.empty else None
+    psi_units = charts.comm_psi_total(snap.latest, snap.param_count, snap.bytes_per_element)
+    cols = st.columns(4)
+    cols[0].metric("Loss (mean over ranks)", f"{last['loss_global']:.4f}" if last is not None else "–")
+    cols[1].metric("Held-out accuracy", f"{accuracy:.1%}" if accuracy is not None else "after eval")
+    cols[2].metric("Throughput", f"{last['samples_per_s']:,.0f} samples/s" if last is not None else "–")
+    cols[3].metric("Traffic per step per rank", f"{psi_units:.2f} Ψ" if psi_units is not None else "–",
+                   help="ZeRO paper convention: an all-reduce counts twice its payload.")
+
+
+def draw_snapshot(snap: RunSnapshot) -> None:
+    _header(snap)
+    if snap.train.empty:
+        st.info("Waiting for the first step: torchrun is starting the ranks (a few seconds on CPU).",
+                icon=":material/hourglass_top:")
+        _log(snap, expanded=snap.state == "failed")
+        return
+    _headline(snap)
+    cuda = snap.device == "cuda" and "cuda_allocated_bytes" in snap.latest
+    chart = dict(width="stretch")
+
+    st.markdown("#### Loss")
+    left, right = st.columns([2, 1]) if len(snap.evals) else (st.container(), None)
+    left.altair_chart(charts.loss_chart(snap.train), **chart)
+    if right is not None:
+        right.altair_chart(charts.accuracy_chart(snap.evals), **chart)
+    st.caption("Thin dashed lines: each rank's loss on its own slice of the global batch. Thick line: the mean over ranks, "
+               "which is the loss of the whole global batch.")
+
+    st.markdown("#### Memory per rank")
+    left, right = st.columns(2)
+    left.altair_chart(charts.memory_chart(snap.latest, cuda), **chart)
+    right.altair_chart(charts.memory_over_steps_chart(snap.train, cuda), **chart)
+    st.altair_chart(charts.phase_chart(snap.latest))
+    if cuda:
+        st.caption("On GPU the bars use CUDA allocated bytes; model-state bars are exact bytes of the tensors each rank holds.")
+    else:
+        st.caption(RSS_CAPTION_ACCURATE if snap.spec.get("memory_accurate") else RSS_CAPTION)
+
+    st.markdown("#### Communication")
+    left, right = st.columns(2)
+    left.altair_chart(charts.comm_chart(snap.latest, snap.param_count, snap.bytes_per_element), **chart)
+    right.altair_chart(charts.cumulative_comm_chart(snap.train), **chart)
+    st.caption(COMM_CAPTION.format(bpe=snap.bytes_per_element))
+
+    st.markdown("#### Speed")
+    left, right = st.columns(2)
+    left.altair_chart(charts.throughput_chart(snap.train), **chart)
+    right.altair_chart(charts.step_time_chart(snap.train), **chart)
+    _log(snap, expanded=snap.state == "failed")
+
+
+def _log(snap: RunSnapshot, expanded: bool) -> None:
+    with st.expander("Log (last lines of torchrun's output)", expanded=expanded):
+        st.code(snap.log or "(empty)", language=None)
