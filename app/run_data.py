@@ -226,3 +226,8 @@ def runs_table(summaries: list[dict]) -> pd.DataFrame:
             "model state per rank (MiB)": _per_rank([r["model_state_bytes"]["total"] for r in per_rank], 2**20),
         })
     return pd.DataFrame(rows)
+
+
+def metrics_csv(run_dir: Path) -> bytes:
+    """Every train record of the run (all ranks, all logged steps, not downsampled) as CSV."""
+    return runstore.metrics_frame(Path(run_dir)).to_csv(index=False).encode()

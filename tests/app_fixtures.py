@@ -104,3 +104,19 @@ def write_fixture_run(
         text = "".join(json.dumps(line) + "\n" for line in lines)
         (run / "metrics" / f"rank{rank}.jsonl").write_text(text)
     return run
+
+
+def charts_by_title(at) -> dict[str, list]:
+    """Every Altair chart an AppTest run drew: title -> the DataFrames it carries (read from the element's proto)."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    found: dict[str, list] = {}
+    for element in at.get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        title = spec.get("title", "")
+        title = title.get("text", "") if isinstance(title, dict) else title
+        frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in element.proto.datasets]
+        if element.proto.data.data:
+            frames.append(convert_arrow_bytes_to_pandas_df(element.proto.data.data))
+        found.setdefault(title, []).extend(frames)
+    return found

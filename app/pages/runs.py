@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import charts, state
-from app.run_data import load_snapshot, run_stamp, runs_dir, runs_table
+from app.run_data import load_snapshot, metrics_csv, run_stamp, runs_dir, runs_table
 from app.run_view import metrics_tail, show_run
 from engine import runstore
 from engine.spec import STRATEGIES
@@ -17,8 +17,8 @@ def run_summary(run_dir: str, stamp: tuple) -> dict:  # stamp: re-read only when
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def metrics_csv(run_dir: str, stamp: tuple) -> bytes:
-    return runstore.metrics_frame(Path(run_dir)).to_csv(index=False).encode()
+def run_csv(run_dir: str, stamp: tuple) -> bytes:
+    return metrics_csv(Path(run_dir))
 
 
 state.seed()
@@ -39,8 +39,8 @@ st.dataframe(
 )
 st.caption(f"{len(runs)} runs in {root.resolve()}, newest first. Memory in MiB (2^20 bytes), one value per rank.")
 ids = [r["run_id"] for r in runs]
-labels = {r["run_id"]: f"{r['run_id']} · {STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')} · "
-          f"{r['spec'].get('nproc')} ranks · {r['state']}" for r in runs}
+short = {r["run_id"]: f"{r['run_id']} · {STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')}" for r in runs}
+labels = {r["run_id"]: f"{short[r['run_id']]} · {r['spec'].get('nproc')} ranks · {r['state']}" for r in runs}
 
 open_tab, compare_tab = st.tabs(["Open a run", "Compare runs"])
 with open_tab:
@@ -50,7 +50,7 @@ with open_tab:
                           placeholder="Choose a run to open")
     if run_id:
         run_dir = root / run_id
-        st.download_button("Download metrics (CSV)", metrics_csv(str(run_dir), run_stamp(run_dir)),
+        st.download_button("Download metrics (CSV)", run_csv(str(run_dir), run_stamp(run_dir)),
                            file_name=f"{run_id}-metrics.csv", mime="text/csv", icon=":material/download:",
                            key="runs_download", on_click="ignore")
         show_run(run_id, key="runs")
@@ -63,7 +63,7 @@ with compare_tab:
         st.info("Choose two or more runs. With the same model, data and seed, DDP and every ZeRO stage should "
                 "draw the same loss curve: they compute the same update.", icon=":material/info:")
     else:
-        snaps = {labels[r]: load_snapshot(root / r, metrics_tail(str(root / r))) for r in chosen}
+        snaps = {short[r]: load_snapshot(root / r, metrics_tail(str(root / r))) for r in chosen}
         st.altair_chart(charts.compare_loss_chart({k: s.train for k, s in snaps.items()}), width="stretch")
         left, right = st.columns(2)
         left.altair_chart(charts.compare_memory_chart({k: s.latest for k, s in snaps.items()}))

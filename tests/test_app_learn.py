@@ -1,0 +1,59 @@
+"""The Learn page and the entry point's navigation, through AppTest."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_fixtures import charts_by_title
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_learn_reproduces_the_zero_papers_figure_1():
+    at = AppTest.from_file(str(ROOT / "app" / "pages" / "learn.py"), default_timeout=30).run()
+    assert not at.exception
+    table = at.dataframe[0].value.set_index("stage")
+    assert table["GB per rank (10^9 bytes)"].to_dict() == {"DDP": 120.0, "ZeRO-1": 31.41, "ZeRO-2": 16.64, "ZeRO-3": 1.88}
+    assert table["traffic per step"].to_dict() == {"DDP": "2Ψ", "ZeRO-1": "2Ψ", "ZeRO-2": "2Ψ", "ZeRO-3": "3Ψ"}
+    at.number_input(key="learn_n").set_value(1).run()
+    one_rank = at.dataframe[0].value["GB per rank (10^9 bytes)"]
+    assert one_rank.nunique() == 1  # with one rank there is nothing to shard
+
+
+def test_learn_picture_has_every_rank_for_every_stage():
+    at = AppTest.from_file(str(ROOT / "app" / "pages" / "learn.py"), default_timeout=30).run()
+    at.slider(key="learn_ranks").set_value(3).run()
+    (grid,) = [frames[0] for frames in charts_by_title(at).values()]
+    assert len(grid) == 4 * 3 * 3 and set(grid["rank"]) == {"rank 0", "rank 1", "rank 2"}
+    assert "converges faster" in " ".join(m.value for m in at.markdown)
+
+
+def test_entry_point_lists_the_four_pages(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "shardlab.py"), default_timeout=30).run()
+    assert not at.exception
+    assert at.title[0].value == "Train"  # the default page
+    at.switch_page("pages/learn.py").run()
+    assert at.title[0].value.startswith("Learn")
+    at.switch_page("pages/runs.py").run()
+    assert at.title[0].value == "Runs"
+
+
+def test_streamlit_config_is_local_and_private():
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False
+    assert 0 < config["server"]["maxUploadSize"] <= 10
+    assert config["server"]["enableXsrfProtection"] is True
+
+
+@pytest.mark.parametrize("module", ["app.charts", "app.run_data", "app.state", "app.train_form", "app.run_view"])
+def test_app_modules_do_not_import_torch(module):
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,168 @@
+"""Pure dashboard code: metric frames -> chart data, without a browser or a server."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from app import charts
+from app.run_data import MetricsTail, RunSnapshot, downsample, failure_in_words, latest_per_rank, load_snapshot, progress, runs_table
+from app_fixtures import train_record, write_fixture_run
+
+PSI = 9_098
+
+
+def frame(strategy="ddp", nproc=2, steps=3, psi=PSI) -> pd.DataFrame:
+    return pd.DataFrame([train_record(s, r, nproc, strategy, psi, 100.0 + s) for r in range(nproc) for s in range(1, steps + 1)])
+
+
+@pytest.mark.parametrize(
+    "n_bytes, unit", [(10, "bytes"), (2048, "KiB (2^10 bytes)"), (5 * 2**20, "MiB (2^20 bytes)"), (3 * 2**30, "GiB (2^30 bytes)")]
+)
+def test_byte_unit_picks_binary_units(n_bytes, unit):
+    divisor, label = charts.byte_unit(n_bytes)
+    assert label == unit
+    assert n_bytes / divisor < 1024
+
+
+def test_loss_frame_has_a_line_per_rank_and_the_global_mean():
+    train = frame(nproc=3)
+    data = charts.loss_frame(train)
+    assert set(data["series"]) == {"rank 0", "rank 1", "rank 2", charts.MEAN_LABEL}
+    mean = data[data["series"] == charts.MEAN_LABEL].set_index("step")["loss"]
+    assert mean.to_dict() == train[train["rank"] == 0].set_index("step")["loss_global"].to_dict()
+    rank2 = data[data["series"] == "rank 2"]["loss"].tolist()
+    assert rank2 == train[train["rank"] == 2]["loss"].tolist()
+
+
+@pytest.mark.parametrize("strategy, master", [("ddp", False), ("zero1", False), ("zero2", True), ("zero3", False)])
+def test_memory_frame_other_is_rss_minus_model_state(strategy, master):
+    latest = latest_per_rank(frame(strategy, nproc=4))
+    data = charts.memory_frame(latest)
+    for rank, rows in data.groupby("rank"):
+        rec = latest[latest["rank"] == rank].iloc[0]
+        assert rows["bytes"].sum() == rec["mem/step/rss_bytes"]
+        state = rows[rows["category"] != charts.OTHER_LABEL]["bytes"].sum()
+        assert state == sum(rec[f"mem/step/{c}_bytes"] for c in ("params", "master", "grads", "optimizer"))
+    assert (charts.STATE_CATEGORIES["master"] in set(data["category"])) == master
+
+
+def test_memory_frame_shows_the_zero_staircase():
+    totals = {}
+    for strategy in ("ddp", "zero1", "zero2", "zero3"):
+        data = charts.memory_frame(latest_per_rank(frame(strategy, nproc=4)))
+        totals[strategy] = data[(data["rank"] == 0) & (data["category"] != charts.OTHER_LABEL)]["bytes"].sum()
+    assert totals["ddp"] > totals["zero1"] > totals["zero2"] > totals["zero3"]
+    assert totals["ddp"] == 16 * PSI
+
+
+def test_phase_frame_has_no_gradients_after_forward_and_full_after_backward():
+    data = charts.phase_frame(latest_per_rank(frame("ddp")))
+    grads = data[data["category"] == "gradients"].set_index(["rank", "phase"])["bytes"]
+    assert grads[(0, "after forward")] == 0 and grads[(0, "after backward")] == 4 * PSI
+
+
+@pytest.mark.parametrize("strategy, psi_units", [("ddp", 2.0), ("zero1", 3.0), ("zero2", 2.0), ("zero3", 3.0)])
+def test_comm_in_units_of_psi_counts_all_reduce_twice(strategy, psi_units):
+    latest = latest_per_rank(frame(strategy, nproc=4))
+    assert charts.comm_psi_total(latest, PSI, 4) == pytest.approx(psi_units)
+    data = charts.comm_frame(latest, PSI, 4)
+    assert set(data["rank"]) == {0, 1, 2, 3}
+    assert data["bytes"].sum() == latest["comm/payload_bytes"].sum()
+
+
+def test_comm_units_use_eight_bytes_per_element_for_fp64():
+    latest = latest_per_rank(frame("ddp"))
+    assert charts.comm_psi_total(latest, PSI, 8) == pytest.approx(1.0)
+    assert charts.comm_psi_total(latest, None, 4) is None
+
+
+def test_downsample_keeps_about_1k_common_steps_with_first_and_last():
+    train = pd.DataFrame({"step": list(range(1, 10_001)) * 2, "rank": [0] * 10_000 + [1] * 10_000, "loss": 1.0})
+    small = downsample(train, 1000)
+    steps0 = small[small["rank"] == 0]["step"].tolist()
+    assert len(steps0) == 1000 and steps0[0] == 1 and steps0[-1] == 10_000
+    assert steps0 == small[small["rank"] == 1]["step"].tolist()
+    assert downsample(train.head(500), 1000).equals(train.head(500))
+
+
+def test_latest_per_rank_takes_the_newest_step_every_rank_reached():
+    train = frame(nproc=2, steps=5)
+    train = train[~((train["rank"] == 1) & (train["step"] == 5))]  # rank 1 is a step behind
+    latest = latest_per_rank(train)
+    assert latest["step"].tolist() == [4, 4] and latest["rank"].tolist() == [0, 1]
+
+
+def test_metrics_tail_reads_only_complete_new_lines(tmp_path):
+    run = write_fixture_run(tmp_path, "r", steps=3, state="running")
+    tail = MetricsTail(run)
+    assert len(tail.update()) == 6
+    path = run / "metrics" / "rank0.jsonl"
+    line = json.dumps(train_record(4, 0, 2, "ddp", PSI, 200.0)) + "\n"
+    with open(path, "a") as f:
+        f.write(line[:40])  # a writer mid-line
+    assert len(tail.update()) == 6
+    with open(path, "a") as f:
+        f.write(line[40:])
+    train = tail.update()
+    assert len(train) == 7 and train[train["rank"] == 0]["step"].tolist() == [1, 2, 3, 4]
+    assert [e["kind"] for e in tail.events] == ["start", "start"]
+
+
+def test_snapshot_progress_and_eta(tmp_path):
+    run = write_fixture_run(tmp_path, "r", steps=100, steps_done=40, state="running")
+    snap = load_snapshot(run)
+    p = progress(snap, now=snap.status["started_at"] + 5)
+    assert (p["step"], p["total"], p["fraction"]) == (40, 100, 0.4)
+    assert p["eta_s"] == pytest.approx(60 * 0.05)  # 0.05 s per step in the fixture
+    assert p["elapsed_s"] == pytest.approx(5)
+
+
+def test_failure_in_words_names_the_rank_and_the_message(tmp_path):
+    run = write_fixture_run(tmp_path, "r", steps=5, steps_done=3, state="failed", error="RuntimeError: boom at step 3")
+    assert failure_in_words(load_snapshot(run)) == "Rank 1 stopped with an error: RuntimeError: boom at step 3."
+    ok = write_fixture_run(tmp_path, "ok")
+    assert failure_in_words(load_snapshot(ok)) is None
+
+
+def test_runs_table_rows(tmp_path):
+    from engine import runstore
+
+    run = write_fixture_run(tmp_path, "r", strategy="zero3", nproc=4)
+    table = runs_table([runstore.summary(run)])
+    row = table.iloc[0]
+    assert (row["run"], row["status"], row["strategy"], row["ranks"]) == ("r", "succeeded", "ZeRO-3", 4)
+    assert row["accuracy"] == 0.91 and len(row["model state per rank (MiB)"].split(" · ")) == 4
+
+
+def test_every_chart_builds_a_valid_spec_from_a_fixture_run(tmp_path):
+    snap: RunSnapshot = load_snapshot(write_fixture_run(tmp_path, "r", strategy="zero2", nproc=4))
+    built = [
+        charts.loss_chart(snap.train), charts.accuracy_chart(snap.evals), charts.memory_chart(snap.latest),
+        charts.memory_over_steps_chart(snap.train), charts.phase_chart(snap.latest),
+        charts.comm_chart(snap.latest, snap.param_count), charts.cumulative_comm_chart(snap.train),
+        charts.throughput_chart(snap.train), charts.step_time_chart(snap.train),
+        charts.compare_loss_chart({"a": snap.train, "b": snap.train}),
+        charts.compare_memory_chart({"a": snap.latest, "b": snap.latest}),
+        charts.compare_comm_chart({"a": snap.latest}, {"a": snap.param_count}, {"a": 4}),
+        charts.shard_layout_chart(4),
+    ]
+    for chart in built:
+        assert chart.to_dict()["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+
+
+def test_comm_chart_labels_totals_in_units_of_psi(tmp_path):
+    snap = load_snapshot(write_fixture_run(tmp_path, "r", strategy="zero3", nproc=2))
+    spec = charts.comm_chart(snap.latest, snap.param_count).to_dict()
+    labels = [row["label"] for values in spec["datasets"].values() for row in values if "label" in row]
+    assert labels == ["3.00 Ψ", "3.00 Ψ"]
+
+
+def test_shard_layout_matches_the_stages():
+    data = charts.shard_layout_frame(4)
+    sharded = data[data["holding"] == "1/N shard"].groupby("stage")["part"].agg(set).to_dict()
+    assert "DDP" not in sharded
+    assert sharded["ZeRO-1"] == {"optimizer state"}
+    assert sharded["ZeRO-2"] == {"optimizer state", "gradients"}
+    assert sharded["ZeRO-3"] == {"optimizer state", "gradients", "parameters"}
+    assert len(data) == 4 * 4 * 3
