@@ -32,6 +32,7 @@ class TransformerConfig:
     context: int  # learned position table size for gpt2; the trained sequence length for llama
     tied_embeddings: bool  # GPT-2 reuses the token table as the output head
     source: str = ""  # where the numbers come from
+    dropout: bool = False  # trained with dropout (its 1-byte masks are activations too): GPT-2/3 yes, Llama no
 
     def __post_init__(self) -> None:
         if self.family not in ("gpt2", "llama"):
@@ -86,7 +87,7 @@ def param_terms(cfg: TransformerConfig) -> dict[str, int]:
 
 
 def _gpt2(name: str, hidden: int, layers: int, heads: int, context: int = 1024, source: str = "") -> TransformerConfig:
-    return TransformerConfig(name, "gpt2", 50257, hidden, layers, heads, heads, 4 * hidden, context, True, source)
+    return TransformerConfig(name, "gpt2", 50257, hidden, layers, heads, heads, 4 * hidden, context, True, source, True)
 
 
 def _llama(name, vocab, hidden, layers, heads, kv_heads, ffn, context, source) -> TransformerConfig:
@@ -171,6 +172,7 @@ def from_hf_config(config: dict, name: str = "uploaded config") -> TransformerCo
             _int_field(config, "n_positions", "n_ctx"),
             bool(config.get("tie_word_embeddings", True)),
             source="uploaded config.json (gpt2)",
+            dropout=any(config.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
         )
     if model_type in ("llama", "mistral"):
         heads = _int_field(config, "num_attention_heads")
@@ -188,6 +190,7 @@ def from_hf_config(config: dict, name: str = "uploaded config") -> TransformerCo
             _int_field(config, "max_position_embeddings", default=4096),
             bool(config.get("tie_word_embeddings", False)),
             source=f"uploaded config.json ({model_type})",
+            dropout=bool(config.get("attention_dropout", 0.0)),
         )
         head_dim = config.get("head_dim")
         if head_dim is not None and head_dim != cfg.head_dim:

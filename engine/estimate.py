@@ -219,7 +219,7 @@ def estimate_activations(
     seq_len: int,
     recompute: str = "none",
     activation_bytes: int = 2,
-    dropout: bool = True,
+    dropout: bool | None = None,  # None: as the architecture was trained (cfg.dropout)
 ) -> Activations:
     """Korthikanti et al. 2022 (no tensor/sequence parallelism), generalised to GQA and SwiGLU.
 
@@ -232,6 +232,8 @@ def estimate_activations(
     _whole("bytes per activation", activation_bytes, 1)
     _choice("recomputation", recompute, RECOMPUTE)
     s, b, h, a, e = seq_len, micro_batch, cfg.hidden, cfg.heads, activation_bytes
+    if dropout is None:
+        dropout = cfg.dropout
     mask = 1 if dropout else 0  # dropout keeps a 1-byte mask per element
     tokens = s * b
     if recompute == "full":
@@ -570,6 +572,133 @@ def compare_with_measured(predicted: list[ModelStates], per_rank: list[dict]) ->
     return rows
 
 
+# ---------------------------------------------------------------- one scenario, every stage
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything an estimate depends on; `shapes` (a registry model's parameters) switches to engine mode."""
+
+    num_params: int
+    ranks: int
+    precision: str = "bf16"
+    optimizer: str = "adam"
+    offload_optimizer: bool = False
+    activation_bytes: int = 0
+    overheads: Overheads = Overheads()
+    shapes: tuple | None = None
+
+    def __post_init__(self) -> None:
+        _whole("parameter count", self.num_params, 1)
+        _whole("number of ranks (GPUs)", self.ranks, 1)
+        _whole("activation bytes", self.activation_bytes, 0)
+        _choice("optimizer", self.optimizer, OPTIMIZER_STATES)
+        if self.engine_mode:
+            _choice("engine precision", self.precision, ("fp32", "bf16", "fp64"))
+            if self.offload_optimizer:
+                raise EstimateError("ShardLab's engine does not offload the optimizer: turn offload off")
+        else:
+            _choice("precision", self.precision, PRECISIONS)
+
+    @property
+    def engine_mode(self) -> bool:
+        return self.shapes is not None
+
+    @property
+    def formula_precision(self) -> str:
+        """The paper-mode precision with the same bytes (engine bf16 keeps fp32 grads and optimizer state)."""
+        return "bf16_fp32_grads" if self.precision == "bf16" and self.engine_mode else self.precision
+
+    def per_rank(self, stage: int | str, ranks: int | None = None) -> list[MemoryEstimate]:
+        stage, ranks = parse_stage(stage), ranks or self.ranks
+        if self.engine_mode:
+            states = estimate_engine_states(self.shapes, STAGES[stage], ranks, self.precision, self.optimizer)
+        else:
+            states = [
+                estimate_model_states(self.num_params, ranks, stage, self.precision, self.optimizer, self.offload_optimizer)
+            ] * ranks
+        return [MemoryEstimate(stage, ranks, s, self.activation_bytes, self.overheads) for s in states]
+
+    def busiest(self, stage: int | str, ranks: int | None = None) -> MemoryEstimate:
+        """The rank that needs the most: the one that decides whether a stage fits."""
+        if not self.engine_mode:  # every rank is the same: skip building N copies
+            stage, ranks = parse_stage(stage), ranks or self.ranks
+            states = estimate_model_states(self.num_params, ranks, stage, self.precision, self.optimizer, self.offload_optimizer)
+            return MemoryEstimate(stage, ranks, states, self.activation_bytes, self.overheads)
+        return max(self.per_rank(stage, ranks), key=lambda e: e.total_bytes)
+
+    @property
+    def fixed_bytes(self) -> int:
+        return self.activation_bytes + self.overheads.context_bytes + self.overheads.comm_buffer_bytes
+
+    def answers(self, stage: int | str, capacity_bytes: int) -> dict:
+        """Fits? The fewest GPUs that fit, and the largest model that fits on N (by the formula)."""
+        options = dict(
+            precision=self.formula_precision, optimizer=self.optimizer,
+            offload_optimizer=self.offload_optimizer, fixed_bytes=self.fixed_bytes,
+        )
+        return {
+            "fits": self.busiest(stage).total_bytes <= capacity_bytes,
+            "min_ranks_to_fit": min_ranks_to_fit(self.num_params, stage, capacity_bytes, **options),
+            "max_params_to_fit": max_params_to_fit(self.ranks, stage, capacity_bytes, **options),
+        }
+
+
+def stage_rows(scenario: Scenario, capacity_bytes: int | None = None) -> list[dict]:
+    """One row per stage for a table: the busiest rank's itemised bytes, answers and communication."""
+    rows = []
+    for stage in STAGES:
+        worst = scenario.busiest(stage)
+        comm = comm_volume(scenario.num_params, stage, scenario.formula_precision)
+        row = {"stage": STAGE_LABELS[stage], **{f"{k}_bytes": v for k, v in _term_keys(worst).items()}}
+        row["total_bytes"] = worst.total_bytes
+        row["cpu_bytes"] = worst.states.cpu_bytes
+        if capacity_bytes is not None:
+            row.update(scenario.answers(stage, capacity_bytes))
+        row["comm_elements"] = comm["elements"]
+        row["comm_bytes"] = comm["bytes"]
+        rows.append(row)
+    return rows
+
+
+def _term_keys(estimate: MemoryEstimate) -> dict[str, int]:
+    names = ("params", "grads", "optimizer", "master", "activations", "context", "comm_buffers")
+    return dict(zip(names, estimate.terms().values()))
+
+
+def stage_terms(scenario: Scenario) -> list[dict]:
+    """Long rows (stage, term, bytes) of each stage's busiest rank: what a stacked bar draws."""
+    return [
+        {"stage": STAGE_LABELS[stage], "term": term, "bytes": value}
+        for stage in STAGES
+        for term, value in scenario.busiest(stage).terms().items()
+    ]
+
+
+def ranks_curve(scenario: Scenario, ranks_list) -> list[dict]:
+    """Long rows (stage, ranks, total_bytes) of the busiest rank at each N: memory per GPU as N grows."""
+    return [
+        {"stage": STAGE_LABELS[stage], "ranks": n, "total_bytes": scenario.busiest(stage, n).total_bytes}
+        for stage in STAGES
+        for n in ranks_list
+    ]
+
+
+def registry_transformer(model: str, size: str, dataset: str) -> TransformerConfig | None:
+    """ShardLab's GPT as a TransformerConfig (for activations); None for the image models."""
+    from engine.registry import MODELS
+
+    if model != "gpt":
+        return None
+    preset = MODELS[model].presets[size]
+    vocab = dict(engine_param_shapes(model, size, dataset))["token.weight"][0]
+    w = preset["width"]
+    return TransformerConfig(
+        f"gpt/{size}", "gpt2", vocab, w, preset["layers"], preset["heads"], preset["heads"], 4 * w,
+        preset["context"], False, source="engine/models.py GPT (untied head, no dropout)",
+    )
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -598,7 +727,8 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=0, help="micro-batch per rank for transformer activations (0 = leave out)")
     parser.add_argument("--seq", type=int, default=0, help="sequence length for activations (default: the model's context)")
     parser.add_argument("--recompute", default="none", choices=RECOMPUTE)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--decimal", action="store_true", help="show GB = 1e9 bytes (the ZeRO paper's unit)")
+    parser.add_argument("--json", action="store_true", help="print JSON (bytes) instead of a table")
 
 
 def _resolve_source(args) -> dict:
@@ -618,7 +748,10 @@ def _resolve_source(args) -> dict:
     if name in ("mlp", "cnn", "gpt"):
         dataset = args.dataset or ("text" if name == "gpt" else "digits")
         shapes = engine_param_shapes(name, args.size, dataset)
-        return {"label": f"{name}/{args.size} on {dataset}", "num_params": sum(_numel(s) for _, s in shapes), "arch": None, "shapes": shapes}
+        return {
+            "label": f"{name}/{args.size} on {dataset}", "num_params": sum(_numel(s) for _, s in shapes),
+            "arch": registry_transformer(name, args.size, dataset), "shapes": shapes,
+        }
     raise EstimateError(
         f"unknown model '{name}' (choose mlp, cnn, gpt, {', '.join(ARCHITECTURES)}, {', '.join(NOMINAL_MODELS)})"
     )
@@ -627,7 +760,6 @@ def _resolve_source(args) -> dict:
 def build_report(args) -> dict:
     """Everything `estimate` prints, as plain data (bytes throughout)."""
     source = _resolve_source(args)
-    ranks = _whole("--ranks", args.ranks, 1)
     stages = list(STAGES) if args.stage == "all" else [parse_stage(args.stage)]
     capacity = None
     if args.gpu_mem is not None:
@@ -635,78 +767,78 @@ def build_report(args) -> dict:
             raise EstimateError(f"--gpu-mem must be a positive number of GiB (got {args.gpu_mem})")
         capacity = int(args.gpu_mem * GIB)
     engine_mode = source["shapes"] is not None
-    precision = args.precision or ("fp32" if engine_mode else "bf16")
     activation_bytes = 0
     if args.batch:
         if source["arch"] is None:
-            raise EstimateError("activations need a transformer architecture (--model NAME or --config FILE)")
+            raise EstimateError("activations need a transformer (--model gpt or an architecture, or --config FILE)")
         seq = args.seq or source["arch"].context
         activation_bytes = estimate_activations(source["arch"], args.batch, seq, args.recompute).total_bytes
+    scenario = Scenario(
+        source["num_params"], _whole("--ranks", args.ranks, 1),
+        args.precision or ("fp32" if engine_mode else "bf16"), args.optimizer, bool(args.offload),
+        activation_bytes, shapes=source["shapes"],
+    )
     report = {
         "model": source["label"],
-        "num_params": source["num_params"],
+        "num_params": scenario.num_params,
         "mode": "engine" if engine_mode else "paper",
-        "ranks": ranks,
-        "precision": precision,
-        "optimizer": args.optimizer,
-        "offload_optimizer": bool(args.offload),
+        "ranks": scenario.ranks,
+        "precision": scenario.precision,
+        "optimizer": scenario.optimizer,
+        "offload_optimizer": scenario.offload_optimizer,
         "activation_bytes": activation_bytes,
         "gpu_capacity_bytes": capacity,
         "stages": [],
     }
     for stage in stages:
-        if engine_mode:
-            if args.offload:
-                raise EstimateError("ShardLab's engine does not offload the optimizer; drop --offload")
-            per_rank = estimate_engine_states(source["shapes"], STAGES[stage], ranks, precision, args.optimizer)
-        else:
-            _choice("precision", precision, PRECISIONS)
-            states = estimate_model_states(source["num_params"], ranks, stage, precision, args.optimizer, args.offload)
-            per_rank = [states] * ranks
+        per_rank = scenario.per_rank(stage)
         entry = {
             "stage": stage,
             "strategy": STAGES[stage],
-            "per_rank": [
-                {"rank": r, **s.as_dict(), "total_bytes": s.total_bytes + activation_bytes, "activation_bytes": activation_bytes}
-                for r, s in enumerate(per_rank)
-            ],
-            "comm": comm_volume(source["num_params"], stage, "fp32" if engine_mode and precision != "fp64" else precision),
+            "per_rank": [{"rank": r, **e.as_dict()} for r, e in enumerate(per_rank)],
+            "max_rank_total_bytes": max(e.total_bytes for e in per_rank),
+            "comm": comm_volume(scenario.num_params, stage, scenario.formula_precision),
         }
-        worst = max(r["total_bytes"] for r in entry["per_rank"])
-        entry["max_rank_total_bytes"] = worst
         if capacity is not None:
-            entry["fits"] = worst <= capacity
-            if not engine_mode:
-                options = dict(precision=precision, optimizer=args.optimizer, offload_optimizer=args.offload, fixed_bytes=activation_bytes)
-                entry["min_ranks_to_fit"] = min_ranks_to_fit(source["num_params"], stage, capacity, **options)
-                entry["max_params_to_fit"] = max_params_to_fit(ranks, stage, capacity, **options)
+            entry.update(scenario.answers(stage, capacity))
         report["stages"].append(entry)
     return report
 
 
-def format_report(report: dict) -> str:
-    gib = lambda b: f"{b / GIB:,.3f}"
+def display_unit(max_bytes: float, decimal: bool = False) -> tuple[int, str]:
+    """(divisor, name) that keeps the largest value readable: binary by default, the paper's GB when decimal."""
+    steps = ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "kB")) if decimal else (
+        (2**40, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (2**10, "KiB"))
+    for divisor, name in steps:
+        if max_bytes >= divisor:
+            return divisor, name
+    return 1, "bytes"
+
+
+def format_report(report: dict, decimal: bool = False) -> str:
+    rows = [max(e["per_rank"], key=lambda r: r["total_bytes"]) | {"entry": e} for e in report["stages"]]
+    divisor, unit = display_unit(max(r["total_bytes"] for r in rows), decimal)
+    size = lambda b: f"{b / divisor:,.3f}" if divisor > 1 else f"{b:,}"
+    columns = ("params_bytes", "grads_bytes", "optimizer_bytes", "master_bytes", "activation_bytes", "total_bytes")
     lines = [
-        f"{report['model']}: {report['num_params']:,} parameters, N = {report['ranks']}, "
-        f"{report['precision']}, {report['optimizer']}, {report['mode']} mode (GiB = 2^30 bytes)",
-        f"{'stage':<14}{'params':>11}{'grads':>11}{'optimizer':>11}{'master':>11}{'activ.':>11}{'total':>12}"
+        f"{report['model']}: {report['num_params']:,} parameters, N = {report['ranks']}, {report['precision']}, "
+        f"{report['optimizer']}, {report['mode']} mode; per-rank {unit}"
+        + (" (1 GB = 1e9 bytes)" if decimal else " (1 GiB = 2^30 bytes)" if unit == "GiB" else ""),
+        f"{'stage':<14}" + "".join(f"{c[: -len('_bytes')]:>14}" for c in columns)
         + ("  fits  min GPUs  largest model" if report["gpu_capacity_bytes"] else ""),
     ]
-    for entry in report["stages"]:
-        worst = max(entry["per_rank"], key=lambda r: r["total_bytes"])
-        line = (
-            f"{STAGE_LABELS[entry['stage']]:<14}{gib(worst['params_bytes']):>11}{gib(worst['grads_bytes']):>11}"
-            f"{gib(worst['optimizer_bytes']):>11}{gib(worst['master_bytes']):>11}{gib(worst['activation_bytes']):>11}"
-            f"{gib(worst['total_bytes']):>12}"
-        )
+    for row in rows:
+        entry = row["entry"]
+        line = f"{STAGE_LABELS[entry['stage']]:<14}" + "".join(f"{size(row[c]):>14}" for c in columns)
         if "fits" in entry:
-            need = entry.get("min_ranks_to_fit")
-            largest = entry.get("max_params_to_fit")
-            line += f"  {'yes' if entry['fits'] else 'no ':<4}  {('-' if need is None else need)!s:>8}  "
-            line += "-" if largest is None else f"{largest:,}"
+            need = entry["min_ranks_to_fit"]
+            line += f"  {'yes' if entry['fits'] else 'no':<4}  {'-' if need is None else need:>8}  {entry['max_params_to_fit']:,}"
         lines.append(line)
     if report["mode"] == "engine" and report["ranks"] > 1:
         lines.append("(the busiest rank is shown; --json lists every rank)")
+    if report["offload_optimizer"]:
+        cpu = max(r["cpu_bytes"] for r in rows)
+        lines.append(f"offloaded to host memory per rank: up to {size(cpu)} {unit}")
     return "\n".join(lines)
 
 
@@ -720,5 +852,5 @@ def run_estimate_command(args) -> int:
     except OSError as err:
         print(f"estimate: cannot read {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(json.dumps(report, indent=2) if args.json else format_report(report, decimal=args.decimal))
     return 0
