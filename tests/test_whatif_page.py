@@ -1,0 +1,159 @@
+"""The What-if page through AppTest: widgets driven by key, numbers read from the table and from the charts' protos."""
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from app_fixtures import charts_by_title, write_fixture_run
+from engine.estimate import GB, GIB, MIB, estimate_for_spec
+from engine.spec import JobSpec
+
+PAGE = str(Path(__file__).resolve().parent.parent / "app" / "pages" / "whatif.py")
+BAR, LINE, COMPARE = (
+    "Memory per GPU by stage (the busiest rank)",
+    "Memory per GPU vs number of GPUs",
+    "Model state per rank: predicted vs measured",
+)
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    path = tmp_path / "runs"
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(path))
+    st.cache_data.clear()
+    return path
+
+
+def page(runs) -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def table(at):
+    return next(d.value for d in at.dataframe if "total bytes" in d.value.columns)
+
+
+def set_params(at, text: str, ranks: int) -> AppTest:
+    at.radio(key="whatif_source").set_value("Parameter count").run()
+    at.text_input(key="whatif_params").set_value(text)
+    at.number_input(key="whatif_ranks").set_value(ranks)
+    return at.run()
+
+
+def test_default_page_draws_every_stage(runs):
+    at = page(runs)
+    assert not at.exception and not at.error
+    assert list(table(at)["stage"]) == ["DDP (stage 0)", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
+    assert {BAR, LINE} <= set(charts_by_title(at))
+    assert any("124,439,808" in m.value for m in at.markdown)  # GPT-2 small, the first architecture
+    assert any("No finished runs" in i.value for i in at.info)
+
+
+def test_figure_1_on_the_page_and_in_the_charts(runs):
+    at = set_params(page(runs), "7.5B", 64)
+    at.radio(key="whatif_units").set_value("GB (1e9 bytes, the ZeRO paper's)").run()
+    frame = table(at)
+    assert list(frame["total bytes"]) == [120 * GB, 31_406_250_000, 16_640_625_000, 1_875_000_000]
+    assert [round(v, 1) for v in frame["total per GPU (GB)"]] == [120.0, 31.4, 16.6, 1.9]
+    assert list(frame["fits"]) == [False, True, True, True]  # on an 80 GB A100
+
+    frames = charts_by_title(at)
+    bars = next(f for f in frames[BAR] if "term" in f.columns)
+    assert bars.groupby("stage")["bytes"].sum().to_dict() == dict(zip(frame["stage"], frame["total bytes"]))
+    assert set(bars[bars["stage"] == "ZeRO-1"]["term"]) == {"parameters", "gradients", "optimizer state", "master weights"}
+    rule = next(f for f in frames[BAR] if "capacity" in f.columns)
+    assert rule["capacity"].iloc[0] == pytest.approx(81920 * MIB / 1e9)  # A100 80 GB, in GB
+
+    line = next(f for f in frames[LINE] if "ranks" in f.columns)
+    at_64 = line[line["ranks"] == 64].set_index("stage")["total_bytes"]
+    assert at_64.to_dict() == dict(zip(frame["stage"], frame["total bytes"]))
+    assert line["ranks"].max() >= 256 and (line.groupby("stage")["ranks"].count() == line["ranks"].nunique()).all()
+
+
+def test_a_smaller_custom_gpu_changes_the_answers(runs):
+    at = set_params(page(runs), "7.5B", 64)
+    at.selectbox(key="whatif_gpu").set_value("Custom capacity").run()
+    at.number_input(key="whatif_gpu_custom_gib").set_value(12.0).run()
+    frame = table(at)
+    assert list(frame["fits"]) == [False, False, False, True]
+    # 12 GiB = 12.88 GB: the replicated 15 GB of ZeRO-2 never fits; ZeRO-3 needs 120 GB / 12.88 GB -> 10 GPUs.
+    assert list(frame["fewest GPUs that fit"]) == ["never", "never", "never", "10"]
+    assert [m.delta for m in at.metric] == ["does not fit"] * 3 + ["fits"]
+
+
+def test_activations_and_overheads_are_added_to_every_stage(runs):
+    at = page(runs)
+    at.selectbox(key="whatif_arch").set_value("llama-2-7b").run()
+    at.number_input(key="whatif_batch").set_value(0).run()
+    without = table(at)["total bytes"]
+    at.number_input(key="whatif_batch").set_value(2)
+    at.number_input(key="whatif_seq").set_value(4096)
+    at.selectbox(key="whatif_recompute").set_value("full")
+    at.number_input(key="whatif_context_gib").set_value(0.5)
+    at.run()
+    added = table(at)["total bytes"] - without
+    activations = 32 * 2 * 4096 * 4096 * 2 + 2 * 4096 * (2 * 4096 * 2 + 4 * 32000)  # full: 2sbh per layer + output
+    assert list(added) == [activations + GIB // 2] * 4  # not sharded by ZeRO
+    assert any("6,738,415,616" in m.value for m in at.markdown)
+
+
+def test_shardlab_model_is_estimated_per_rank_exactly(runs):
+    at = page(runs)
+    at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()
+    at.number_input(key="whatif_ranks").set_value(4).run()
+    predicted = [max(s.total_bytes for s in estimate_for_spec(JobSpec(strategy=st_, nproc=4))) for st_ in ("ddp", "zero1", "zero2", "zero3")]
+    assert list(table(at)["total bytes"]) == predicted == [143544, 104532, 72304, 36424]
+    assert at.selectbox(key="whatif_engine_precision").value == "fp32"
+
+
+def test_uploaded_config_is_counted_and_a_bad_one_explained(runs):
+    at = page(runs)
+    at.radio(key="whatif_source").set_value("Hugging Face config.json").run()
+    assert any("Upload a Hugging Face config.json" in i.value for i in at.info)
+    config = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12}
+    at.file_uploader(key="whatif_config").set_value(("config.json", json.dumps(config).encode(), "application/json")).run()
+    assert not at.error and any("124,439,808" in m.value for m in at.markdown)
+    at.file_uploader(key="whatif_config").set_value(("config.json", b'{"model_type": "t5"}', "application/json")).run()
+    assert [e.value for e in at.error] == ["unsupported model_type 't5' (supported: gpt2, llama, mistral)"]
+
+
+def test_an_unreadable_parameter_count_is_an_error_not_a_crash(runs):
+    at = set_params(page(runs), "-5", 8)
+    assert not at.exception
+    assert "cannot read a parameter count" in at.error[0].value
+
+
+def test_predicted_beside_measured_for_a_finished_run(runs):
+    write_fixture_run(runs, "fixture-zero1", strategy="zero1", nproc=2, psi=8970)
+    at = page(runs)
+    assert at.selectbox(key="whatif_run").value == "fixture-zero1"
+    compared = next(d.value for d in at.dataframe if "measured_bytes" in d.value.columns)
+    assert len(compared) == 2 * 5  # ranks x (params, master, grads, optimizer, total)
+    predicted = estimate_for_spec(JobSpec(strategy="zero1", nproc=2))
+    assert list(compared[compared["category"] == "total"]["predicted_bytes"]) == [p.total_bytes for p in predicted]
+    # The fixture follows the idealised formula (optimizer 2 x 4Ψ/N, no step tensors, even split), so it differs.
+    diffs = compared.set_index(["rank", "category"])["difference_bytes"]
+    assert diffs[(0, "params")] == 0 and diffs[(0, "optimizer")] != 0
+    row = compared.set_index(["rank", "category"]).loc[(0, "optimizer")]
+    assert row["difference_pct"] == pytest.approx(100 * row["difference_bytes"] / row["predicted_bytes"])
+    assert COMPARE in charts_by_title(at)
+
+
+def test_published_models_are_estimated_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({PAGE!r}, default_timeout=60).run()\n"
+        "at.radio(key='whatif_source').set_value('Parameter count').run()\n"
+        "assert not at.exception, at.exception\n"
+        "print('torch' in sys.modules)"
+    )
+    env = {**__import__("os").environ, "SHARDLAB_RUNS_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=Path(PAGE).parents[2])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
