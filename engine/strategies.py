@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
+
+# FSDP2 and ZeroRedundancyOptimizer are imported where used: importing FSDP pulls in DTensor's operator
+# tables (1-2 s on a small CPU), which DDP runs should not pay before their first step.
 
 OPTIMIZER_CLASSES = {
     "adam": (torch.optim.Adam, {}),
@@ -40,6 +41,8 @@ def apply_strategy(
 
             register_counting_ddp_hook(ddp)
         return ddp
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     reshard = strategy == "zero3"
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -58,11 +61,15 @@ def build_optimizer(model: nn.Module, strategy: str, name: str, lr: float) -> to
     """Build before the first forward: for zero2 the optimizer must capture the sharded parameters."""
     cls, extra = OPTIMIZER_CLASSES[name]
     if strategy == "zero1":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
         return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, lr=lr, **extra)
     return cls(model.parameters(), lr=lr, **extra)
 
 
-def fsdp_modules(model: nn.Module) -> list[FSDPModule]:
+def fsdp_modules(model: nn.Module) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
