@@ -26,12 +26,13 @@ CATEGORY_COLORS = {
     OTHER_LABEL: "#BAB0AC",
     OTHER_LABEL_CUDA: "#BAB0AC",
 }
-PHASES = {"forward": "after forward", "backward": "after backward", "step": "after step"}
+PHASES = {"forward": "forward", "backward": "backward", "step": "optimizer step"}  # state read after each
 OP_COLORS = {"all_reduce": "#4C78A8", "broadcast": "#54A24B", "all_gather": "#B279A2", "reduce_scatter": "#F58518"}
 # The ZeRO paper's convention: a ring all-reduce is a reduce-scatter plus an all-gather, so it moves 2x its payload.
 PAPER_WEIGHT = {"all_reduce": 2}
 MEAN_LABEL = "mean over ranks"
-CHART_HEIGHT = 260
+CHART_HEIGHT = 300
+RANK_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#FF9DA6"]
 
 
 def byte_unit(max_bytes: float) -> tuple[float, str]:
@@ -52,8 +53,17 @@ def _categories(frame: pd.DataFrame, prefix: str) -> list[tuple[str, str]]:
     return [(k, label) for k, label in present if k != "master" or frame[f"{prefix}{k}_bytes"].fillna(0).any()]
 
 
+def _rank_colors(labels: pd.Series) -> alt.Scale:
+    """The same colour for rank r in every chart."""
+    ranks = sorted({int(str(label).split()[-1]) for label in labels.unique()})
+    return alt.Scale(domain=[f"rank {r}" for r in ranks], range=[RANK_COLORS[r % len(RANK_COLORS)] for r in ranks])
+
+
 def _rank_scale(ranks) -> alt.Scale:
-    return alt.Scale(domain=[f"rank {r}" for r in sorted(set(int(r) for r in ranks))] + [MEAN_LABEL])
+    """Rank colours, with the mean over ranks in near-black so it reads as 'the' curve."""
+    ranks = sorted(set(int(r) for r in ranks))
+    return alt.Scale(domain=[f"rank {r}" for r in ranks] + [MEAN_LABEL],
+                     range=[RANK_COLORS[r % len(RANK_COLORS)] for r in ranks] + ["#222222"])
 
 
 # ---------- shaping (pure pandas, tested on their own) ----------
@@ -124,21 +134,23 @@ def comm_psi_total(latest: pd.DataFrame, param_count: int | None, bytes_per_elem
 
 
 def loss_chart(train: pd.DataFrame) -> alt.Chart:
-    """Loss vs step: a thin line per rank (its own batch) and a thick one for the mean over ranks."""
+    """Loss vs step: a line per rank (its own slice of the batch) and a dashed one for the mean over ranks."""
     data = loss_frame(train)
     series = alt.Color("series:N", title=None, scale=_rank_scale(train["rank"].unique()),
-                       legend=alt.Legend(orient="top"))
+                       legend=alt.Legend(orient="top", symbolStrokeWidth=3))
     return (
         alt.Chart(data, title="Training loss")
-        .mark_line()
+        .mark_line(strokeWidth=2)
         .encode(
             x=alt.X("step:Q", title="step"),
-            y=alt.Y("loss:Q", title="loss (cross-entropy)"),
+            y=alt.Y("loss:Q", title="loss (cross-entropy)", scale=alt.Scale(zero=False)),
             color=series,
-            strokeWidth=alt.condition(alt.datum.series == MEAN_LABEL, alt.value(3.5), alt.value(1.2)),
-            strokeDash=alt.condition(alt.datum.series == MEAN_LABEL, alt.value([1, 0]), alt.value([4, 2])),
+            opacity=alt.condition(alt.datum.series == MEAN_LABEL, alt.value(1.0), alt.value(0.75)),
+            strokeDash=alt.condition(alt.datum.series == MEAN_LABEL, alt.value([6, 3]), alt.value([1, 0])),
+            order=alt.Order("is_mean:Q"),  # the mean is drawn last, on top
             tooltip=["series:N", "step:Q", alt.Tooltip("loss:Q", format=".4f")],
         )
+        .transform_calculate(is_mean=f"datum.series == '{MEAN_LABEL}' ? 1 : 0")
         .properties(height=CHART_HEIGHT)
     )
 
@@ -192,7 +204,7 @@ def memory_over_steps_chart(train: pd.DataFrame, cuda: bool = False) -> alt.Char
         .encode(
             x=alt.X("step:Q", title="step"),
             y=alt.Y("amount:Q", title=unit, scale=alt.Scale(zero=False)),
-            color=alt.Color("rank:N", title=None, legend=alt.Legend(orient="top")),
+            color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
             tooltip=["rank:N", "step:Q", alt.Tooltip("amount:Q", title=unit, format=",.2f")],
         )
         .properties(height=CHART_HEIGHT)
@@ -210,14 +222,14 @@ def phase_chart(latest: pd.DataFrame) -> alt.Chart:
         alt.Chart(data)
         .mark_bar()
         .encode(
-            x=alt.X("phase:N", title=None, sort=list(PHASES.values()), axis=alt.Axis(labelAngle=0)),
+            x=alt.X("phase:N", title="after", sort=list(PHASES.values()), axis=alt.Axis(labelAngle=0)),
             y=alt.Y("amount:Q", title=f"model state, {unit}", stack="zero"),
             color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                             legend=alt.Legend(orient="top")),
             column=alt.Column("rank:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
             tooltip=["rank:N", "phase:N", "category:N", alt.Tooltip("amount:Q", title=unit, format=",.3f")],
         )
-        .properties(height=CHART_HEIGHT - 40, width=alt.Step(60), title="Model state by phase of the newest step")
+        .properties(height=CHART_HEIGHT - 40, width=alt.Step(95), title="Model state by phase of the newest step")
     )
 
 
@@ -261,7 +273,7 @@ def cumulative_comm_chart(train: pd.DataFrame) -> alt.Chart:
         .encode(
             x=alt.X("step:Q", title="step"),
             y=alt.Y("amount:Q", title=unit),
-            color=alt.Color("rank:N", title=None, legend=alt.Legend(orient="top")),
+            color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
             tooltip=["rank:N", "step:Q", alt.Tooltip("amount:Q", title=unit, format=",.2f")],
         )
         .properties(height=CHART_HEIGHT)
@@ -289,7 +301,7 @@ def step_time_chart(train: pd.DataFrame) -> alt.Chart:
         alt.Chart(data, title="Step time")
         .mark_line()
         .encode(x=alt.X("step:Q", title="step"), y=alt.Y("step_time_ms:Q", title="ms per step"),
-                color=alt.Color("rank:N", title=None, legend=alt.Legend(orient="top")),
+                color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
                 tooltip=["rank:N", "step:Q", alt.Tooltip("step_time_ms:Q", format=",.1f")])
         .properties(height=CHART_HEIGHT - 60)
     )

@@ -102,7 +102,7 @@ def _headline(snap: RunSnapshot) -> None:
     cols = st.columns(4)
     cols[0].metric("Loss (mean over ranks)", f"{last['loss_global']:.4f}" if last is not None else "–")
     cols[1].metric("Held-out accuracy", f"{accuracy:.1%}" if accuracy is not None else "after eval")
-    cols[2].metric("Throughput", f"{last['samples_per_s']:,.0f} samples/s" if last is not None else "–")
+    cols[2].metric("Throughput (samples/s)", f"{last['samples_per_s']:,.0f}" if last is not None else "–")
     cols[3].metric("Traffic per step per rank", f"{psi_units:.2f} Ψ" if psi_units is not None else "–",
                    help="ZeRO paper convention: an all-reduce counts twice its payload.")
 
@@ -119,17 +119,18 @@ def draw_snapshot(snap: RunSnapshot) -> None:
     chart = dict(width="stretch")
 
     st.markdown("#### Loss")
-    left, right = st.columns([2, 1]) if len(snap.evals) else (st.container(), None)
+    left, right = st.columns([2, 1]) if len(snap.evals) > 1 else (st.container(), None)
     left.altair_chart(charts.loss_chart(snap.train), **chart)
     if right is not None:
         right.altair_chart(charts.accuracy_chart(snap.evals), **chart)
-    st.caption("Thin dashed lines: each rank's loss on its own slice of the global batch. Thick line: the mean over ranks, "
-               "which is the loss of the whole global batch.")
+    st.caption("Coloured lines: each rank's loss on its own slice of the global batch. Dashed black line: the mean over "
+               "ranks, which is the loss of the whole global batch — the same for DDP and every ZeRO stage.")
 
     st.markdown("#### Memory per rank")
     left, right = st.columns(2)
     left.altair_chart(charts.memory_chart(snap.latest, cuda), **chart)
     right.altair_chart(charts.memory_over_steps_chart(snap.train, cuda), **chart)
+    st.caption(_state_share(snap.latest, cuda))
     st.altair_chart(charts.phase_chart(snap.latest))
     if cuda:
         st.caption("On GPU the bars use CUDA allocated bytes; model-state bars are exact bytes of the tensors each rank holds.")
@@ -147,6 +148,19 @@ def draw_snapshot(snap: RunSnapshot) -> None:
     left.altair_chart(charts.throughput_chart(snap.train), **chart)
     right.altair_chart(charts.step_time_chart(snap.train), **chart)
     _log(snap, expanded=snap.state == "failed")
+
+
+def _state_share(latest, cuda: bool) -> str:
+    """One sentence on how much of the process is model state (tiny models: almost none of it)."""
+    data = charts.memory_frame(latest, "step", cuda)
+    rank0 = data[data["rank"] == data["rank"].min()]
+    other = rank0["category"].isin([charts.OTHER_LABEL, charts.OTHER_LABEL_CUDA])
+    state_bytes, total_bytes = rank0[~other]["bytes"].sum(), rank0["bytes"].sum()
+    if not total_bytes:
+        return ""
+    return (f"On rank 0, model state is {state_bytes / 2**20:,.2f} MiB of {total_bytes / 2**20:,.1f} MiB "
+            f"({state_bytes / total_bytes:.2%}; MiB = 2^20 bytes). The rest is PyTorch, the data and activations: "
+            "the panel below shows model state alone, phase by phase.")
 
 
 def _log(snap: RunSnapshot, expanded: bool) -> None:

@@ -59,7 +59,7 @@ def test_memory_frame_shows_the_zero_staircase():
 def test_phase_frame_has_no_gradients_after_forward_and_full_after_backward():
     data = charts.phase_frame(latest_per_rank(frame("ddp")))
     grads = data[data["category"] == "gradients"].set_index(["rank", "phase"])["bytes"]
-    assert grads[(0, "after forward")] == 0 and grads[(0, "after backward")] == 4 * PSI
+    assert grads[(0, "forward")] == 0 and grads[(0, "backward")] == 4 * PSI
 
 
 @pytest.mark.parametrize("strategy, psi_units", [("ddp", 2.0), ("zero1", 3.0), ("zero2", 2.0), ("zero3", 3.0)])
