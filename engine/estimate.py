@@ -405,23 +405,10 @@ def comm_volume(num_params: int, stage: int | str, precision: str = "bf16") -> d
     }
 
 
-def per_rank_curve(num_params: int, ranks_list, fixed_bytes: int = 0, **state_options) -> list[dict]:
-    """Per-rank device bytes for each stage at each N (for a memory-vs-GPUs chart)."""
-    return [
-        {
-            "stage": stage,
-            "strategy": STAGE_LABELS[stage],
-            "ranks": n,
-            "total_bytes": estimate_model_states(num_params, n, stage, **state_options).total_bytes + fixed_bytes,
-        }
-        for stage in STAGES
-        for n in ranks_list
-    ]
-
-
 # ---------------------------------------------------------------- this engine, to the byte
 
-ENGINE_EXACT_PRECISIONS = ("fp32", "fp64")  # bf16 follows the recipes' dtypes but is not yet checked against runs
+# Each matches real runs to the byte (tests/test_estimate_vs_measured.py).
+ENGINE_PRECISIONS = ("fp32", "bf16", "fp64")
 ADAM_STEP_BYTES = 4  # Adam/AdamW keep state['step'] as a 0-dim float32 tensor per parameter
 
 
@@ -495,7 +482,7 @@ def estimate_engine_states(
 
     _choice("strategy", strategy, STRATEGIES)
     _whole("number of ranks", ranks, 1)
-    _choice("engine precision", precision, ("fp32", "fp64", "bf16"))
+    _choice("engine precision", precision, ENGINE_PRECISIONS)
     n_states = OPTIMIZER_STATES[_choice("optimizer", optimizer, OPTIMIZER_STATES)]
     numels = [_numel(shape) for _, shape in shapes]
     # fp32/fp64 keep one dtype everywhere. bf16 (mixed): DDP/ZeRO-1 autocast leaves every stored tensor
@@ -594,7 +581,7 @@ class Scenario:
         _whole("activation bytes", self.activation_bytes, 0)
         _choice("optimizer", self.optimizer, OPTIMIZER_STATES)
         if self.engine_mode:
-            _choice("engine precision", self.precision, ("fp32", "bf16", "fp64"))
+            _choice("engine precision", self.precision, ENGINE_PRECISIONS)
             if self.offload_optimizer:
                 raise EstimateError("ShardLab's engine does not offload the optimizer: turn offload off")
         else:

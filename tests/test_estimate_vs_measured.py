@@ -1,7 +1,8 @@
 """The engine-mode prediction equals, to the byte, the model-state bytes real torchrun runs measured on every rank.
 
-The eight runs (4 strategies x 2 and 4 ranks, mlp tiny, 2 steps) start together once per module:
-torchrun costs 5-10 s to start on 2 cores, and overlapping the starts saves most of it.
+The runs (4 strategies x 2 and 4 ranks on mlp tiny, plus bf16 and fp64 on a transformer; 2 steps each)
+start together once per module: torchrun costs 5-10 s to start on 2 cores, and overlapping the starts
+saves most of it.
 """
 
 import pytest
@@ -10,11 +11,19 @@ from engine import launcher, runstore
 from engine.estimate import compare_with_measured, estimate_for_spec
 from engine.spec import STRATEGIES, JobSpec
 
-CASES = [(strategy, nproc) for strategy in STRATEGIES for nproc in (2, 4)]
+GPT = "gpt/tiny/text"
+CASES = [(strategy, nproc, "fp32") for strategy in STRATEGIES for nproc in (2, 4)] + [
+    # Other dtypes: bf16 makes ZeRO-2's gathered params bf16 beside fp32 shards; fp64 doubles every term but Adam's step.
+    ("zero2", 4, f"bf16 {GPT}"),
+    ("zero1", 2, f"fp64 {GPT}"),
+]
 
 
-def spec_for(strategy: str, nproc: int) -> JobSpec:
-    return JobSpec(model="mlp", size="tiny", dataset="digits", strategy=strategy, nproc=nproc, steps=2, global_batch=16)
+def spec_for(strategy: str, nproc: int, variant: str) -> JobSpec:
+    precision, _, model = variant.partition(" ")
+    model, size, dataset = (model or "mlp/tiny/digits").split("/")
+    return JobSpec(model=model, size=size, dataset=dataset, strategy=strategy, nproc=nproc, steps=2, global_batch=16,
+                   precision=precision)
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +38,12 @@ def finished_runs(tmp_path_factory) -> dict:
 
 
 @pytest.mark.torchrun
-@pytest.mark.parametrize("strategy, nproc", CASES)
-def test_prediction_equals_measurement_on_every_rank(finished_runs, strategy, nproc):
-    status, summary = finished_runs[(strategy, nproc)]
+@pytest.mark.parametrize("strategy, nproc, variant", CASES)
+def test_prediction_equals_measurement_on_every_rank(finished_runs, strategy, nproc, variant):
+    status, summary = finished_runs[(strategy, nproc, variant)]
     assert status["state"] == "succeeded", status
     assert [r["rank"] for r in summary["per_rank"]] == list(range(nproc))
-    rows = compare_with_measured(estimate_for_spec(spec_for(strategy, nproc)), summary["per_rank"])
+    rows = compare_with_measured(estimate_for_spec(spec_for(strategy, nproc, variant)), summary["per_rank"])
     assert len(rows) == 5 * nproc  # params, master, grads, optimizer, total per rank
     mismatches = [r for r in rows if r["measured_bytes"] != r["predicted_bytes"]]
     assert not mismatches, mismatches

@@ -98,7 +98,7 @@ with st.sidebar:
     engine_mode = shapes is not None
     ranks = st.number_input("GPUs (data-parallel ranks N)", 1, 1_000_000, 8, step=1, key=KEYS["ranks"])
     if engine_mode:
-        precision = st.selectbox("Precision (the engine's)", ("fp32", "bf16", "fp64"), key=KEYS["engine_precision"])
+        precision = st.selectbox("Precision (the engine's)", est.ENGINE_PRECISIONS, key=KEYS["engine_precision"])
     else:
         precision = st.selectbox(
             "Precision", list(est.PRECISIONS), index=list(est.PRECISIONS).index("bf16"), key=KEYS["precision"],
@@ -215,7 +215,8 @@ st.caption(
     "activations of its own micro-batch whatever the stage (only recomputation or tensor/sequence parallelism "
     "shrink them). Communication as the ZeRO paper counts it per GPU and step: 2Ψ for DDP, ZeRO-1 and ZeRO-2, "
     "3Ψ for ZeRO-3. 'Fewest GPUs' and 'largest model' keep activations and overheads fixed."
-    + (" Engine mode: exact to the byte for fp32 and fp64; ZeRO-1 splits whole parameters, so ranks differ." if engine_mode else "")
+    + (" Engine mode: the bytes ShardLab's worker measures after the optimizer step, to the byte; ZeRO-1 splits "
+       "whole parameters and FSDP2 pads dim 0, so ranks differ." if engine_mode else "")
 )
 
 # ------------------------------------------------------------------------------ predicted vs measured
@@ -252,6 +253,5 @@ exact = bool((compared["difference_bytes"] == 0).all())
 st.caption(
     ("Every category of every rank matches to the byte." if exact else f"Largest total difference: {worst:,} bytes.")
     + " Measured: the worker's walk over parameters, gradients and optimizer state after the last logged step."
-    + (" bf16 runs are predicted from the recipes' dtypes, not yet checked to the byte." if summary["spec"].get("precision") == "bf16" else "")
 )
 st.altair_chart(charts.predicted_vs_measured_chart(compared), key="whatif_compare_chart")
