@@ -19,6 +19,7 @@ TERM_COLORS = {  # the estimator's term names -> colours shared with the run cha
     "communication buffers": "#B279A2",
 }
 STAGE_ORDER = ["DDP (stage 0)", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
+STAGE_COLORS = ["#4C78A8", "#F58518", "#E45756", "#54A24B"]  # four hues a reader tells apart at a glance
 CHART_HEIGHT = 300
 
 
@@ -89,7 +90,7 @@ def ranks_line_chart(
         .encode(
             x=alt.X("ranks:Q", scale=alt.Scale(type="log", base=2), title="GPUs (N, log scale)"),
             y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=f"per GPU ({_unit_note(unit)}, log scale)"),
-            color=alt.Color("stage:N", sort=STAGE_ORDER, title="stage"),
+            color=alt.Color("stage:N", scale=alt.Scale(domain=STAGE_ORDER, range=STAGE_COLORS), title="stage"),
             tooltip=["stage:N", "ranks:Q", alt.Tooltip("value:Q", title=unit, format=",.3f")],
         )
         .properties(height=CHART_HEIGHT)
