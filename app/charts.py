@@ -145,10 +145,11 @@ def loss_chart(train: pd.DataFrame) -> alt.Chart:
             x=alt.X("step:Q", title="step"),
             y=alt.Y("loss:Q", title="loss (cross-entropy)", scale=alt.Scale(zero=False)),
             color=series,
-            opacity=alt.condition(alt.datum.series == MEAN_LABEL, alt.value(1.0), alt.value(0.75)),
-            strokeDash=alt.condition(alt.datum.series == MEAN_LABEL, alt.value([6, 3]), alt.value([1, 0])),
+            # Field scales, not alt.condition: a dict channel costs Altair ~10 ms to wrap on every refresh.
+            opacity=alt.Opacity("is_mean:N", scale=alt.Scale(domain=[0, 1], range=[0.75, 1.0]), legend=None),
+            strokeDash=alt.StrokeDash("is_mean:N", scale=alt.Scale(domain=[0, 1], range=[[1, 0], [6, 3]]), legend=None),
             order=alt.Order("is_mean:Q"),  # the mean is drawn last, on top
-            tooltip=["series:N", "step:Q", alt.Tooltip("loss:Q", format=".4f")],
+            tooltip=[alt.Tooltip("series:N"), alt.Tooltip("step:Q"), alt.Tooltip("loss:Q", format=".4f")],
         )
         .transform_calculate(is_mean=f"datum.series == '{MEAN_LABEL}' ? 1 : 0")
         .properties(height=CHART_HEIGHT)
@@ -163,7 +164,7 @@ def accuracy_chart(evals: pd.DataFrame) -> alt.Chart:
         .encode(
             x=alt.X("step:Q", title="step"),
             y=alt.Y("eval_accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            tooltip=["step:Q", alt.Tooltip("eval_accuracy:Q", format=".1%"), alt.Tooltip("eval_loss:Q", format=".4f")],
+            tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("eval_accuracy:Q", format=".1%"), alt.Tooltip("eval_loss:Q", format=".4f")],
         )
         .properties(height=CHART_HEIGHT)
     )
@@ -184,7 +185,7 @@ def memory_chart(latest: pd.DataFrame, cuda: bool = False) -> alt.Chart:
             color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                             legend=alt.Legend(orient="top", columns=2)),
             order=alt.Order("category_order:Q"),
-            tooltip=["rank:N", "category:N", alt.Tooltip("amount:Q", title=unit, format=",.3f"),
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f"),
                      alt.Tooltip("bytes:Q", format=",.0f")],
         )
         .transform_calculate(category_order=f"indexof({order!r}, datum.category)")
@@ -205,7 +206,7 @@ def memory_over_steps_chart(train: pd.DataFrame, cuda: bool = False) -> alt.Char
             x=alt.X("step:Q", title="step"),
             y=alt.Y("amount:Q", title=unit, scale=alt.Scale(zero=False)),
             color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
-            tooltip=["rank:N", "step:Q", alt.Tooltip("amount:Q", title=unit, format=",.2f")],
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("amount:Q", title=unit, format=",.2f")],
         )
         .properties(height=CHART_HEIGHT)
     )
@@ -227,7 +228,7 @@ def phase_chart(latest: pd.DataFrame) -> alt.Chart:
             color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                             legend=alt.Legend(orient="top")),
             column=alt.Column("rank:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
-            tooltip=["rank:N", "phase:N", "category:N", alt.Tooltip("amount:Q", title=unit, format=",.3f")],
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("phase:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f")],
         )
         .properties(height=CHART_HEIGHT - 40, width=alt.Step(95), title="Model state by phase of the newest step")
     )
@@ -250,12 +251,12 @@ def comm_chart(latest: pd.DataFrame, param_count: int | None, bytes_per_element:
             y=alt.Y("amount:Q", title=f"payload per step, {unit}", stack="zero"),
             color=alt.Color("op:N", title=None, scale=alt.Scale(domain=ops, range=[OP_COLORS.get(o, "#9D755D") for o in ops]),
                             legend=alt.Legend(orient="top")),
-            tooltip=["rank:N", "op:N", alt.Tooltip("bytes:Q", format=",.0f", title="payload bytes"),
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("op:N"), alt.Tooltip("bytes:Q", format=",.0f", title="payload bytes"),
                      alt.Tooltip("psi_units:Q", format=".2f", title="paper units of Ψ")],
         )
     )
     labels = alt.Chart(totals).mark_text(dy=-8, fontSize=14, fontWeight="bold").encode(
-        x=alt.X("rank:N", sort=None), y="amount:Q", text="label:N"
+        x=alt.X("rank:N", sort=None), y=alt.Y("amount:Q"), text=alt.Text("label:N")
     )
     return alt.layer(bars, labels).properties(title="Communication per step (payload, by collective)",
                                                          height=CHART_HEIGHT)
@@ -274,7 +275,7 @@ def cumulative_comm_chart(train: pd.DataFrame) -> alt.Chart:
             x=alt.X("step:Q", title="step"),
             y=alt.Y("amount:Q", title=unit),
             color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
-            tooltip=["rank:N", "step:Q", alt.Tooltip("amount:Q", title=unit, format=",.2f")],
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("amount:Q", title=unit, format=",.2f")],
         )
         .properties(height=CHART_HEIGHT)
     )
@@ -288,7 +289,7 @@ def throughput_chart(train: pd.DataFrame) -> alt.Chart:
         alt.Chart(data, title="Throughput (global samples/s)")
         .mark_line(color="#54A24B")
         .encode(x=alt.X("step:Q", title="step"), y=alt.Y("samples_per_s:Q", title="samples/s"),
-                tooltip=["step:Q", alt.Tooltip("samples_per_s:Q", format=",.0f")])
+                tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("samples_per_s:Q", format=",.0f")])
         .properties(height=CHART_HEIGHT - 60)
     )
 
@@ -302,7 +303,7 @@ def step_time_chart(train: pd.DataFrame) -> alt.Chart:
         .mark_line()
         .encode(x=alt.X("step:Q", title="step"), y=alt.Y("step_time_ms:Q", title="ms per step"),
                 color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
-                tooltip=["rank:N", "step:Q", alt.Tooltip("step_time_ms:Q", format=",.1f")])
+                tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("step_time_ms:Q", format=",.1f")])
         .properties(height=CHART_HEIGHT - 60)
     )
 
@@ -323,7 +324,7 @@ def compare_loss_chart(trains: dict[str, pd.DataFrame]) -> alt.Chart:
         .encode(x=alt.X("step:Q", title="step"), y=alt.Y("loss:Q", title="loss"),
                 color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top", columns=1, labelLimit=400)),
                 strokeDash=alt.StrokeDash("run:N", legend=None),
-                tooltip=["run:N", "step:Q", alt.Tooltip("loss:Q", format=".5f")])
+                tooltip=[alt.Tooltip("run:N"), alt.Tooltip("step:Q"), alt.Tooltip("loss:Q", format=".5f")])
         .properties(height=CHART_HEIGHT + 40)
     )
 
@@ -345,7 +346,7 @@ def compare_memory_chart(latests: dict[str, pd.DataFrame]) -> alt.Chart:
             color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                             legend=alt.Legend(orient="top")),
             column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=220)),
-            tooltip=["run:N", "rank:N", "category:N", alt.Tooltip("amount:Q", title=unit, format=",.3f")],
+            tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f")],
         )
         .properties(height=CHART_HEIGHT, width=alt.Step(45), title="Model state per rank")
     )
@@ -369,7 +370,7 @@ def compare_comm_chart(latests: dict[str, pd.DataFrame], param_counts: dict[str,
             color=alt.Color("op:N", title=None, scale=alt.Scale(domain=ops, range=[OP_COLORS.get(o, "#9D755D") for o in ops]),
                             legend=alt.Legend(orient="top")),
             column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=220)),
-            tooltip=["run:N", "rank:N", "op:N", alt.Tooltip("bytes:Q", format=",.0f"),
+            tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:N"), alt.Tooltip("op:N"), alt.Tooltip("bytes:Q", format=",.0f"),
                      alt.Tooltip("psi_units:Q", format=".2f", title="paper units of Ψ")],
         )
         .properties(height=CHART_HEIGHT, width=alt.Step(45), title="Communication per step")
@@ -411,9 +412,9 @@ def shard_layout_chart(n_ranks: int) -> alt.FacetChart:
         color=alt.Color("holding:N", title=None, scale=alt.Scale(domain=["full copy", "1/N shard"],
                                                                  range=["#4C78A8", "#F2CF5B"]),
                         legend=alt.Legend(orient="bottom")),
-        tooltip=["stage:N", "rank:N", "part:N", "holding:N"],
+        tooltip=[alt.Tooltip("stage:N"), alt.Tooltip("rank:N"), alt.Tooltip("part:N"), alt.Tooltip("holding:N")],
     )
-    text = base.mark_text(fontSize=12).encode(text="label:N", color=alt.value("black"))
+    text = base.mark_text(fontSize=12, color="black").encode(text=alt.Text("label:N"))
     return (
         alt.layer(cells, text, data=data)
         .properties(width=alt.Step(70), height=alt.Step(28))

@@ -166,3 +166,13 @@ def test_shard_layout_matches_the_stages():
     assert sharded["ZeRO-2"] == {"optimizer state", "gradients"}
     assert sharded["ZeRO-3"] == {"optimizer state", "gradients", "parameters"}
     assert len(data) == 4 * 4 * 3
+
+
+def test_on_gpu_other_is_cuda_allocated_minus_model_state():
+    latest = latest_per_rank(frame("zero3"))
+    latest = latest.assign(cuda_allocated_bytes=latest["mem/step/params_bytes"] * 10)
+    data = charts.memory_frame(latest, cuda=True)
+    assert charts.OTHER_LABEL_CUDA in set(data["category"]) and charts.OTHER_LABEL not in set(data["category"])
+    rank0 = data[data["rank"] == 0]
+    assert rank0["bytes"].sum() == latest.iloc[0]["cuda_allocated_bytes"]
+    assert charts.memory_over_steps_chart(latest, cuda=True).to_dict()["title"] == "CUDA allocated per rank over steps"
