@@ -22,33 +22,7 @@ from engine.spec import JobSpec
 
 pytestmark = pytest.mark.torchrun
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
-RANKS = (2, 4)
-BASE = dict(model="mlp", size="tiny", dataset="digits", steps=20, global_batch=16, lr=1e-3, optimizer="adam",
-            precision="fp32", save_final_params=True)
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    """Nine runs launched at once: a one-process full-batch reference, and every strategy at 2 and 4 ranks.
-    One of them goes through the CLI, as a user on a cluster would start it."""
-    root = tmp_path_factory.mktemp("engine-runs")
-    ids = {("reference", 1): launcher.launch(JobSpec(strategy="ddp", nproc=1, **BASE), root)}
-    for strategy in STRATEGIES:
-        for n in RANKS:
-            if (strategy, n) == ("zero3", 4):
-                continue
-            ids[(strategy, n)] = launcher.launch(JobSpec(strategy=strategy, nproc=n, **BASE), root)
-    cli = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "--strategy", "zero3", "--nproc", "4", "--model", "mlp",
-         "--size", "tiny", "--steps", "20", "--batch", "16", "--save-final-params", "--runs-dir", str(root)],
-        capture_output=True, text=True, check=True,
-    )
-    ids[("zero3", 4)] = cli.stdout.strip()
-    for run_id in ids.values():
-        status = launcher.wait(run_id, root, timeout_s=400)
-        assert status["state"] == "succeeded", (run_id, status, runstore.log_tail(root / run_id))
-    return {key: root / run_id for key, run_id in ids.items()}
+from tests.conftest import RANKS, STRATEGIES
 
 
 def final_params(path):
@@ -62,15 +36,15 @@ def loss_curve(path):
 
 @pytest.mark.parametrize("n", RANKS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_every_strategy_computes_the_same_update_as_one_process_on_the_full_batch(runs, strategy, n):
-    reference = final_params(runs[("reference", 1)])
-    params = final_params(runs[(strategy, n)])
+def test_every_strategy_computes_the_same_update_as_one_process_on_the_full_batch(engine_runs, strategy, n):
+    reference = final_params(engine_runs[("reference", 1)])
+    params = final_params(engine_runs[(strategy, n)])
     assert params.keys() == reference.keys()
     worst = max((params[k] - reference[k]).abs().max().item() for k in reference)
     assert worst <= 1e-5, f"{strategy} x{n}: max abs parameter difference {worst:.3g} after 20 Adam steps"
     # Not a vacuous match: 20 steps moved the weights well beyond that tolerance.
     initial_move = max((params[k] - reference[k]).abs().max().item() for k in reference)
-    ref_curve, curve = loss_curve(runs[("reference", 1)]), loss_curve(runs[(strategy, n)])
+    ref_curve, curve = loss_curve(engine_runs[("reference", 1)]), loss_curve(engine_runs[(strategy, n)])
     assert len(curve) == len(ref_curve) == 20
     assert max(abs(a - b) for a, b in zip(curve, ref_curve)) <= 1e-5
     assert ref_curve[-1] < ref_curve[0]  # it learned something
@@ -95,9 +69,9 @@ def padding_slack(n: int, element_bytes: int = 4) -> int:
 
 
 @pytest.mark.parametrize("n", RANKS)
-def test_memory_staircase_matches_the_zero_paper(runs, n):
-    ddp = per_rank(runs[("ddp", n)])[0]["model_state_bytes"]
-    psi_bytes = runs[("ddp", n)] and runstore.summary(runs[("ddp", n)])["param_count"] * 4
+def test_memory_staircase_matches_the_zero_paper(engine_runs, n):
+    ddp = per_rank(engine_runs[("ddp", n)])[0]["model_state_bytes"]
+    psi_bytes = engine_runs[("ddp", n)] and runstore.summary(engine_runs[("ddp", n)])["param_count"] * 4
     assert ddp["params"] == ddp["grads"] == psi_bytes
     # Adam: two moments per element plus one 4-byte step counter per parameter tensor.
     n_tensors = 6
@@ -105,11 +79,11 @@ def test_memory_staircase_matches_the_zero_paper(runs, n):
     slack = padding_slack(n)
     steps = 4 * n_tensors  # step counters stay whole on every rank
 
-    zero1 = per_rank(runs[("zero1", n)])
+    zero1 = per_rank(engine_runs[("zero1", n)])
     assert sum(r["model_state_bytes"]["optimizer"] for r in zero1) == ddp["optimizer"]
     assert all(r["model_state_bytes"]["params"] == psi_bytes for r in zero1)
 
-    zero2 = per_rank(runs[("zero2", n)])
+    zero2 = per_rank(engine_runs[("zero2", n)])
     for r in zero2:
         state = r["model_state_bytes"]
         assert state["params"] == psi_bytes  # full parameters at rest: the paper's ZeRO-2, not SHARD_GRAD_OP
@@ -118,7 +92,7 @@ def test_memory_staircase_matches_the_zero_paper(runs, n):
         assert abs(state["optimizer"] - steps - 2 * psi_bytes / n) <= 2 * slack
     assert sum(r["model_state_bytes"]["grads"] for r in zero2) == psi_bytes
 
-    zero3 = per_rank(runs[("zero3", n)])
+    zero3 = per_rank(engine_runs[("zero3", n)])
     for r in zero3:
         state = r["model_state_bytes"]
         assert state["master"] == 0
@@ -136,8 +110,8 @@ def test_memory_staircase_matches_the_zero_paper(runs, n):
         ("zero3", {"all_gather": 2, "reduce_scatter": 1}),
     ],
 )
-def test_communication_payload_per_step_equals_theory(runs, strategy, n, expected):
-    path = runs[(strategy, n)]
+def test_communication_payload_per_step_equals_theory(engine_runs, strategy, n, expected):
+    path = engine_runs[(strategy, n)]
     psi_bytes = runstore.summary(path)["param_count"] * 4
     # FSDP2 gathers and scatters dim-0 shards padded to equal size (a 10-row head over 4 ranks moves 12 rows),
     # so its exact payload is the padded Ψ; DDP's buckets and ZeRO-1's broadcasts move exactly Ψ.
@@ -173,8 +147,8 @@ def test_paper_ratios_hold_within_1_percent_where_padding_is_negligible():
     assert padding_bytes(2) == 0  # mlp tiny's every dim 0 (64, 64, 10) splits evenly in two
 
 
-def test_cli_summary_prints_the_documented_fields(runs):
-    path = runs[("zero3", 4)]
+def test_cli_summary_prints_the_documented_fields(engine_runs):
+    path = engine_runs[("zero3", 4)]
     out = subprocess.run(
         [sys.executable, "-m", "engine", "summary", path.name, "--runs-dir", str(path.parent)],
         capture_output=True, text=True, check=True,
