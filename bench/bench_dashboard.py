@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 from app import charts  # noqa: E402
 from app.run_data import MetricsTail, load_snapshot  # noqa: E402
-from app_fixtures import train_record, write_fixture_run  # noqa: E402
+from tests.app_fixtures import train_record, write_fixture_run  # noqa: E402
 from engine import runstore  # noqa: E402
 from streamlit.elements.vega_charts import _convert_altair_to_vega_lite_spec, _marshall_chart_data  # noqa: E402
 from streamlit.proto.VegaLiteChart_pb2 import VegaLiteChart  # noqa: E402

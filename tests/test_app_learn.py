@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_fixtures import charts_by_title
+from tests.app_fixtures import charts_by_title
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from app import state
-from app_fixtures import charts_by_title, write_fixture_run
+from tests.app_fixtures import charts_by_title, write_fixture_run
 
 PAGE = str(Path(__file__).resolve().parent.parent / "app" / "pages" / "runs.py")
 

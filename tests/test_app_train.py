@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import state
 from app.train_form import field_of_error
-from app_fixtures import charts_by_title, write_fixture_run
+from tests.app_fixtures import charts_by_title, write_fixture_run
 from engine.spec import JobSpec, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,8 +134,10 @@ def test_launch_trains_a_real_run_and_the_charts_hold_its_data(runs):
     assert params == train[(train["rank"] == 0) & (train["step"] == 6)]["mem/step/params_bytes"].item() > 0
     comm = charts["Communication per step (payload, by collective)"]
     assert set(comm[0]["op"]) == {"all_reduce"}
-    assert [m.value for m in at.metric][3] == "2.00 Ψ"  # DDP: the paper's 2Ψ
-    assert "Held-out accuracy" in charts
+    metrics = [m.value for m in at.metric]
+    assert metrics[3] == "2.00 Ψ"  # DDP: the paper's 2Ψ
+    (final_eval,) = [r for r in runstore.read_metrics(runs / run_id) if r["kind"] == "eval" and r["rank"] == 0]
+    assert metrics[1] == f"{final_eval['eval_accuracy']:.1%}"  # one eval (after the last step): a number, no chart
     assert "train_cancel" not in [b.key for b in at.button]
 
     # The Runs page lists the finished run (read back from disk, not from this session).
@@ -143,3 +145,11 @@ def test_launch_trains_a_real_run_and_the_charts_hold_its_data(runs):
     table = runs_page.dataframe[0].value
     assert table["run"].tolist() == [run_id]
     assert table["status"].tolist() == ["succeeded"] and table["strategy"].tolist() == ["DDP"]
+
+
+def test_accuracy_is_charted_once_there_are_two_evaluations(runs):
+    run = write_fixture_run(runs, "evals", steps=20)
+    with open(run / "metrics" / "rank0.jsonl", "a") as f:  # an eval at step 10 as well as the final one
+        f.write(json.dumps({"kind": "eval", "step": 10, "rank": 0, "t": 1.0, "eval_loss": 0.9, "eval_accuracy": 0.5}) + "\n")
+    accuracy = charts_by_title(train_page(run="evals"))["Held-out accuracy"][0]
+    assert accuracy.sort_values("step")["eval_accuracy"].tolist() == [0.5, 0.91]

@@ -7,7 +7,7 @@ import pytest
 
 from app import charts
 from app.run_data import MetricsTail, RunSnapshot, downsample, failure_in_words, latest_per_rank, load_snapshot, progress, runs_table
-from app_fixtures import train_record, write_fixture_run
+from tests.app_fixtures import train_record, write_fixture_run
 
 PSI = 9_098
 
