@@ -310,6 +310,13 @@ def step_time_chart(train: pd.DataFrame) -> alt.Chart:
 
 # ---------- comparing runs ----------
 
+RUN_PANEL_STEP = 80  # px per rank bar: a panel is wide enough to carry its run's name
+
+
+def _panel_px(data: pd.DataFrame) -> int:
+    return max(120, RUN_PANEL_STEP * (data["rank"].nunique() if not data.empty else 1))
+
+
 
 def compare_loss_chart(trains: dict[str, pd.DataFrame]) -> alt.Chart:
     """The mean-over-ranks loss of several runs on one axis (DDP and every ZeRO stage should overlap)."""
@@ -345,10 +352,10 @@ def compare_memory_chart(latests: dict[str, pd.DataFrame]) -> alt.Chart:
             y=alt.Y("amount:Q", title=f"model state, {unit}", stack="zero"),
             color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                             legend=alt.Legend(orient="top")),
-            column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=220)),
+            column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=_panel_px(data))),
             tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f")],
         )
-        .properties(height=CHART_HEIGHT, width=alt.Step(45), title="Model state per rank")
+        .properties(height=CHART_HEIGHT, width=alt.Step(RUN_PANEL_STEP), title="Model state per rank")
     )
 
 
@@ -369,11 +376,11 @@ def compare_comm_chart(latests: dict[str, pd.DataFrame], param_counts: dict[str,
             y=alt.Y("amount:Q", title=f"payload per step, {unit}", stack="zero"),
             color=alt.Color("op:N", title=None, scale=alt.Scale(domain=ops, range=[OP_COLORS.get(o, "#9D755D") for o in ops]),
                             legend=alt.Legend(orient="top")),
-            column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=220)),
+            column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=_panel_px(data))),
             tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:N"), alt.Tooltip("op:N"), alt.Tooltip("bytes:Q", format=",.0f"),
                      alt.Tooltip("psi_units:Q", format=".2f", title="paper units of Ψ")],
         )
-        .properties(height=CHART_HEIGHT, width=alt.Step(45), title="Communication per step")
+        .properties(height=CHART_HEIGHT, width=alt.Step(RUN_PANEL_STEP), title="Communication per step")
     )
 
 

@@ -203,7 +203,7 @@ def run_stamp(run_dir: Path) -> tuple:
 
 
 def _per_rank(values: list[float], divisor: float) -> str:
-    return " · ".join(f"{v / divisor:,.1f}" for v in values) if values else "–"
+    return " · ".join(f"{v / divisor:,.4g}" for v in values) if values else "–"
 
 
 def runs_table(summaries: list[dict]) -> pd.DataFrame:

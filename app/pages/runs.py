@@ -65,9 +65,8 @@ with compare_tab:
     else:
         snaps = {short[r]: load_snapshot(root / r, metrics_tail(str(root / r))) for r in chosen}
         st.altair_chart(charts.compare_loss_chart({k: s.train for k, s in snaps.items()}), width="stretch")
-        left, right = st.columns(2)
-        left.altair_chart(charts.compare_memory_chart({k: s.latest for k, s in snaps.items()}))
-        right.altair_chart(charts.compare_comm_chart({k: s.latest for k, s in snaps.items()},
+        st.altair_chart(charts.compare_memory_chart({k: s.latest for k, s in snaps.items()}))
+        st.altair_chart(charts.compare_comm_chart({k: s.latest for k, s in snaps.items()},
                                                      {k: s.param_count for k, s in snaps.items()},
                                                      {k: s.bytes_per_element for k, s in snaps.items()}))
         st.caption("Model state is exact tensor bytes per rank after the newest step; communication is payload per "
