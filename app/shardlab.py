@@ -1,4 +1,8 @@
-"""ShardLab's entry point: `streamlit run app/shardlab.py`. It only lists the pages and runs navigation."""
+"""ShardLab's entry point: `streamlit run app/shardlab.py`. It only lists the pages and runs navigation.
+
+The pages live in app/views/, not app/pages/: Streamlit treats a folder named `pages/` beside the entry
+script as old-style automatic pages, and a first request for /runs would then skip this navigation.
+"""
 
 import sys
 from pathlib import Path
@@ -9,25 +13,12 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the 
 
 import streamlit as st  # noqa: E402
 
-PAGES = Path(__file__).resolve().parent / "pages"
-
-
-def whatif_pending() -> None:
-    st.title("What-if")
-    st.info("The memory and communication estimator is not installed in this checkout yet (app/pages/whatif.py).")
-
-
 st.set_page_config(page_title="ShardLab", page_icon=":material/grid_view:", layout="wide")
-whatif = (
-    st.Page("pages/whatif.py", title="What-if", icon=":material/calculate:", url_path="whatif")
-    if (PAGES / "whatif.py").is_file()
-    else st.Page(whatif_pending, title="What-if", icon=":material/calculate:", url_path="whatif")
-)
 st.navigation(
     [
-        st.Page("pages/train.py", title="Train", icon=":material/rocket_launch:", url_path="train", default=True),
-        st.Page("pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
-        whatif,
-        st.Page("pages/learn.py", title="Learn", icon=":material/school:", url_path="learn"),
+        st.Page("views/train.py", title="Train", icon=":material/rocket_launch:", url_path="train", default=True),
+        st.Page("views/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+        st.Page("views/whatif.py", title="What-if", icon=":material/calculate:", url_path="whatif"),
+        st.Page("views/learn.py", title="Learn", icon=":material/school:", url_path="learn"),
     ]
 ).run()

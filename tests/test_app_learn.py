@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_learn_reproduces_the_zero_papers_figure_1():
-    at = AppTest.from_file(str(ROOT / "app" / "pages" / "learn.py"), default_timeout=30).run()
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
     assert not at.exception
     table = at.dataframe[0].value.set_index("stage")
     assert table["GB per rank (10^9 bytes)"].to_dict() == {"DDP": 120.0, "ZeRO-1": 31.41, "ZeRO-2": 16.64, "ZeRO-3": 1.88}
@@ -23,7 +23,7 @@ def test_learn_reproduces_the_zero_papers_figure_1():
 
 
 def test_learn_picture_has_every_rank_for_every_stage():
-    at = AppTest.from_file(str(ROOT / "app" / "pages" / "learn.py"), default_timeout=30).run()
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
     at.slider(key="learn_ranks").set_value(3).run()
     (grid,) = [frames[0] for frames in charts_by_title(at).values()]
     assert len(grid) == 4 * 3 * 3 and set(grid["rank"]) == {"rank 0", "rank 1", "rank 2"}
@@ -35,9 +35,9 @@ def test_entry_point_lists_the_four_pages(tmp_path, monkeypatch):
     at = AppTest.from_file(str(ROOT / "app" / "shardlab.py"), default_timeout=30).run()
     assert not at.exception
     assert at.title[0].value == "Train"  # the default page
-    at.switch_page("pages/learn.py").run()
+    at.switch_page("views/learn.py").run()
     assert at.title[0].value.startswith("Learn")
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert at.title[0].value == "Runs"
 
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from app import state
 from tests.app_fixtures import charts_by_title, write_fixture_run
 
-PAGE = str(Path(__file__).resolve().parent.parent / "app" / "pages" / "runs.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "runs.py")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tests.app_fixtures import charts_by_title, write_fixture_run
 from engine.spec import JobSpec, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "app" / "pages" / "train.py")
+PAGE = str(ROOT / "app" / "views" / "train.py")
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_launch_trains_a_real_run_and_the_charts_hold_its_data(runs):
     assert "train_cancel" not in [b.key for b in at.button]
 
     # The Runs page lists the finished run (read back from disk, not from this session).
-    runs_page = AppTest.from_file(str(ROOT / "app" / "pages" / "runs.py"), default_timeout=60).run()
+    runs_page = AppTest.from_file(str(ROOT / "app" / "views" / "runs.py"), default_timeout=60).run()
     table = runs_page.dataframe[0].value
     assert table["run"].tolist() == [run_id]
     assert table["status"].tolist() == ["succeeded"] and table["strategy"].tolist() == ["DDP"]

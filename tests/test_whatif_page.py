@@ -7,11 +7,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from app_fixtures import charts_by_title, write_fixture_run
+from tests.app_fixtures import charts_by_title, write_fixture_run
 from engine.estimate import GB, GIB, MIB, estimate_for_spec
 from engine.spec import JobSpec
 
-PAGE = str(Path(__file__).resolve().parent.parent / "app" / "pages" / "whatif.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "whatif.py")
 BAR, LINE, COMPARE = (
     "Memory per GPU by stage (the busiest rank)",
     "Memory per GPU vs number of GPUs",
