@@ -6,8 +6,6 @@ of its own, so the CLI and the form refuse exactly the same specs.
 
 from __future__ import annotations
 
-import re
-
 import streamlit as st
 
 from app import state
@@ -22,29 +20,6 @@ PRECISION_HELP = {
     "fp64": "fp64 — 8-byte floats (bitwise comparisons)",
 }
 OPTIMIZER_HELP = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD with momentum"}
-
-_FIELD_PATTERNS = [  # SpecError message -> the JobSpec field it is about (first match wins)
-    (r"not divisible by", "global_batch"),
-    (r"learning rate", "lr"),
-    (r"^unknown size for model", "size"),
-    (r"needs \w+ data but dataset", "dataset"),
-    (r"CPU ranks is too many|ranks requested but", "nproc"),
-    (r"device cuda requested", "device"),
-    (r"^eval_interval", "eval_interval"),
-    (r"^steps must be at most", "steps"),
-    (r"^unknown (strategy|model|dataset|optimizer|precision|device)\b", None),
-    (r"^(nproc|steps|global_batch|log_interval|nnodes) must be", None),
-]
-
-
-def field_of_error(message: str) -> str:
-    """The JobSpec field a SpecError is about, or "" when it names none (shown above Launch)."""
-    for pattern, field in _FIELD_PATTERNS:
-        match = re.search(pattern, message)
-        if match:
-            return field or match.group(1)
-    return ""
-
 
 def count_gpus() -> int:
     from engine import launcher
@@ -65,7 +40,7 @@ def launch_from_form() -> None:
 
         run_id = launcher.launch(spec, runs_dir=runs_dir())
     except SpecError as error:
-        errors[field_of_error(str(error))] = str(error)
+        errors[error.field] = str(error)  # shown under that field ("": above Launch)
         return
     except Exception as error:  # the launcher could not start torchrun at all
         errors[""] = f"Could not start the run: {error}"

@@ -81,15 +81,15 @@ class CommCounter:
         self._originals.clear()
 
     def _wrap(self, original, op: str, argument: str):
-        signature = inspect.signature(original)
+        # Where the payload sits among positional arguments (binding the signature per call costs ~10 us).
+        position = list(inspect.signature(original).parameters).index(argument)
 
         @functools.wraps(original)
         def counted(*args, **kwargs):
             # Only the outermost call counts: one collective may be implemented by another.
             depth = getattr(self._local, "depth", 0)
             if depth == 0 and not getattr(self._local, "paused", False):
-                bound = signature.bind_partial(*args, **kwargs).arguments
-                size = payload_bytes(bound.get(argument))
+                size = payload_bytes(args[position] if len(args) > position else kwargs.get(argument))
                 entry = self.step[op]
                 entry[0] += 1
                 entry[1] += size

@@ -38,7 +38,8 @@ def check_launchable(spec: JobSpec) -> None:
     if spec.nnodes > 1:
         raise SpecError(
             f"a {spec.nnodes}-node job is started on each node with the line `python -m engine torchrun-command` "
-            "prints; the launcher runs single-node jobs"
+            "prints; the launcher runs single-node jobs",
+            "nnodes",
         )
     if spec.dataset == "cifar10":
         from engine.data import DEFAULT_CIFAR_DIR
@@ -47,7 +48,8 @@ def check_launchable(spec: JobSpec) -> None:
         if not (folder / "data_batch_1").is_file() or not (folder / "test_batch").is_file():
             raise SpecError(
                 f"CIFAR-10 not found in '{folder.resolve()}': unpack the official cifar-10-python.tar.gz "
-                "there (data_batch_1..5, test_batch) or set data_dir"
+                "there (data_batch_1..5, test_batch) or set data_dir",
+                "dataset",
             )
 
 

@@ -33,6 +33,7 @@ class ModelInfo:
 class DatasetInfo:
     kind: str  # "image" or "text": which models it feeds
     describe: str
+    train_items: int  # samples (text: windows, at the longest context) a global batch can draw from
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -69,10 +70,10 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("image", "scikit-learn's 8x8 handwritten digits (1,797 real images, offline)"),
-    "synthetic": DatasetInfo("image", "seeded Gaussian 8x8 images with a learnable label rule"),
-    "text": DatasetInfo("text", "characters of Python's standard-library docs (offline)"),
-    "cifar10": DatasetInfo("image", "CIFAR-10 from a local folder (official python format)"),
+    "digits": DatasetInfo("image", "scikit-learn's 8x8 handwritten digits (1,797 real images, offline)", 1438),
+    "synthetic": DatasetInfo("image", "seeded Gaussian 8x8 images with a learnable label rule", 3277),
+    "text": DatasetInfo("text", "characters of Python's standard-library docs (offline)", 239744),
+    "cifar10": DatasetInfo("image", "CIFAR-10 from a local folder (official python format)", 50000),
 }
 
 

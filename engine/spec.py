@@ -44,7 +44,11 @@ MAX_CPU_RANKS = 64
 
 
 class SpecError(ValueError):
-    """A spec that cannot run; the message is written for a student."""
+    """A spec that cannot run; the message is written for a student, `field` names the JobSpec field at fault."""
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,9 @@ class JobSpec:
         return self.global_batch // self.world_size
 
     def validate(self) -> None:
-        def choose(field: str, value: str, options) -> None:
+        def choose(field: str, value: str, options, what: str = "") -> None:
             if value not in options:
-                raise SpecError(f"unknown {field} '{value}' (choose {', '.join(options)})")
+                raise SpecError(f"unknown {what or field} '{value}' (choose {', '.join(options)})", field)
 
         choose("strategy", self.strategy, list(STRATEGIES))
         choose("model", self.model, list(MODELS))
@@ -92,30 +96,38 @@ class JobSpec:
         choose("optimizer", self.optimizer, OPTIMIZERS)
         choose("precision", self.precision, PRECISIONS)
         choose("device", self.device, DEVICES)
-        choose(f"size for model {self.model}", self.size, list(MODELS[self.model].presets))
+        choose("size", self.size, list(MODELS[self.model].presets), what=f"size for model {self.model}")
         for field in ("nproc", "nnodes", "steps", "global_batch", "log_interval"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SpecError(f"{field} must be a whole number of at least 1 (got {value!r})")
+                raise SpecError(f"{field} must be a whole number of at least 1 (got {value!r})", field)
         if self.eval_interval < 0 or self.fail_at_step < 0:
-            raise SpecError("eval_interval and fail_at_step must be 0 or more")
+            raise SpecError("eval_interval and fail_at_step must be 0 or more", "eval_interval")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr <= 10:
-            raise SpecError(f"learning rate must be between 0 and 10 (got {self.lr!r})")
+            raise SpecError(f"learning rate must be between 0 and 10 (got {self.lr!r})", "lr")
         if self.device == "cpu" and self.nproc > MAX_CPU_RANKS:
-            raise SpecError(f"{self.nproc} CPU ranks is too many for one machine (at most {MAX_CPU_RANKS})")
+            raise SpecError(f"{self.nproc} CPU ranks is too many for one machine (at most {MAX_CPU_RANKS})", "nproc")
         if self.global_batch % self.world_size:
             raise SpecError(
                 f"global batch {self.global_batch} is not divisible by {self.world_size} ranks "
-                f"(try {max(self.world_size, self.global_batch // self.world_size * self.world_size)})"
+                f"(try {max(self.world_size, self.global_batch // self.world_size * self.world_size)})",
+                "global_batch",
+            )
+        if self.global_batch > DATASETS[self.dataset].train_items:
+            raise SpecError(
+                f"global batch {self.global_batch} is larger than the {DATASETS[self.dataset].train_items:,} "
+                f"training samples of {self.dataset}",
+                "global_batch",
             )
         if self.steps > 1_000_000:
-            raise SpecError("steps must be at most 1,000,000")
+            raise SpecError("steps must be at most 1,000,000", "steps")
         needs = MODELS[self.model].input_kind
         offers = DATASETS[self.dataset].kind
         if needs != offers:
             raise SpecError(
                 f"model {self.model} needs {needs} data but dataset {self.dataset} is {offers} "
-                f"(pick one of: {', '.join(n for n, d in DATASETS.items() if d.kind == needs)})"
+                f"(pick one of: {', '.join(n for n, d in DATASETS.items() if d.kind == needs)})",
+                "dataset",
             )
 
     def to_json(self) -> str:
@@ -144,9 +156,10 @@ def check_resources(spec: JobSpec, gpus_found: int) -> None:
     """Checks what the spec asks of this machine (kept apart so specs stay pure data)."""
     if spec.device == "cuda":
         if gpus_found == 0:
-            raise SpecError("device cuda requested but no GPU found (use device cpu)")
+            raise SpecError("device cuda requested but no GPU found (use device cpu)", "device")
         if spec.nproc > gpus_found:
             raise SpecError(
                 f"{spec.nproc} ranks requested but {gpus_found} GPU{'s' if gpus_found != 1 else ''} found "
-                "(one rank per GPU)"
+                "(one rank per GPU)",
+                "nproc",
             )

@@ -74,3 +74,11 @@ def test_seed_cnn_is_sized_to_its_input():
     cnn = CNN(data_shape("cifar10"), c1=64, c2=128, fc=256)
     assert cnn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert cnn.fc1.in_features == 128 * 8 * 8
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic", "text"])
+def test_registry_knows_how_many_training_samples_each_dataset_has(name):
+    from engine.registry import DATASETS
+
+    longest_context = max(model_context("gpt", size) for size in MODELS["gpt"].presets)
+    assert DATASETS[name].train_items == len(load_dataset(name, context=longest_context))

@@ -30,6 +30,7 @@ def test_spec_is_frozen():
         (dict(lr=0), "learning rate must be between 0 and 10"),
         (dict(optimizer="lbfgs"), "unknown optimizer 'lbfgs'"),
         (dict(nproc=65), "65 CPU ranks is too many"),
+        (dict(global_batch=2048), "global batch 2048 is larger than the 1,438 training samples of digits"),
     ],
 )
 def test_invalid_specs_fail_with_a_message_a_student_understands(changes, message):
