@@ -104,7 +104,7 @@ def test_launch_with_defaults_draws_the_run_live(tmp_path):
                 page.goto(url)
                 launch = page.get_by_role("button", name="Launch")
                 launch.wait_for(timeout=60_000)
-                clicked = time.monotonic()
+                clicked, clicked_wall = time.monotonic(), time.time()
                 launch.click()
 
                 deadline = clicked + 240
@@ -140,11 +140,15 @@ def test_launch_with_defaults_draws_the_run_live(tmp_path):
                 page.mouse.move(1, 1)  # no hover toolbar in the picture
                 page.wait_for_timeout(300)
                 page.screenshot(path=str(ARTIFACTS / "run_view.png"), timeout=60_000)
-                (ARTIFACTS / "browser_timings.json").write_text(json.dumps(
-                    {"launch_click_to_first_step_in_progress_bar_s": round(first_progress_s, 2),
-                     "launch_click_to_first_loss_point_s": round(first_point_s, 2)}) + "\n")
-                print(f"launch click -> first step in the progress bar: {first_progress_s:.2f} s, "
-                      f"-> first loss point drawn: {first_point_s:.2f} s")
+                # The engine's own time to its first metric line, from the worker's timestamp in that line:
+                # what the page adds on top of it is the dashboard's share of the wait.
+                first_record_s = min(r["t"] for r in runstore.read_metrics(runs / run_id) if r["kind"] == "train") - clicked_wall
+                timings = {"launch_click_to_first_metric_line_on_disk_s": round(first_record_s, 2),
+                           "launch_click_to_first_step_in_progress_bar_s": round(first_progress_s, 2),
+                           "launch_click_to_first_loss_point_s": round(first_point_s, 2)}
+                (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings) + "\n")
+                print(f"launch click -> first metric line on disk: {first_record_s:.2f} s, -> first step in the "
+                      f"progress bar: {first_progress_s:.2f} s, -> first loss point drawn: {first_point_s:.2f} s")
             finally:
                 browser.close()
     finally:
