@@ -175,20 +175,18 @@ def memory_chart(latest: pd.DataFrame, cuda: bool = False) -> alt.Chart:
     data = memory_frame(latest, "step", cuda)
     divisor, unit = byte_unit(data.groupby("rank")["bytes"].sum().max() if not data.empty else 0)
     data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
-    order = [c for c in CATEGORY_COLORS if c in set(data["category"])]
     return (
         alt.Chart(data, title="Memory per rank after the newest step")
         .mark_bar()
         .encode(
             x=alt.X("rank:N", title=None, sort=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("amount:Q", title=unit, stack="zero"),
-            color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
-                            legend=alt.Legend(orient="top", columns=2)),
+            color=_category_color(data["category"], legend_columns=2),
             order=alt.Order("category_order:Q"),
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f"),
                      alt.Tooltip("bytes:Q", format=",.0f")],
         )
-        .transform_calculate(category_order=f"indexof({order!r}, datum.category)")
+        .transform_calculate(category_order=f"indexof({_category_order(data['category'])!r}, datum.category)")
         .properties(height=CHART_HEIGHT)
     )
 
@@ -212,21 +210,31 @@ def memory_over_steps_chart(train: pd.DataFrame, cuda: bool = False) -> alt.Char
     )
 
 
+def _category_order(categories: pd.Series) -> list[str]:
+    return [c for c in CATEGORY_COLORS if c in set(categories)]
+
+
+def _category_color(categories: pd.Series, legend_columns: int | None = None) -> alt.Color:
+    """Model-state categories in their fixed colours and order, legend on top (shared by the memory charts)."""
+    order = _category_order(categories)
+    legend = alt.Legend(orient="top", columns=legend_columns) if legend_columns else alt.Legend(orient="top")
+    return alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
+                     legend=legend)
+
+
 def phase_chart(latest: pd.DataFrame) -> alt.Chart:
     """Model state after forward, after backward and after the optimizer step, one panel per rank."""
     data = phase_frame(latest)
     top = data.groupby(["rank", "phase"])["bytes"].sum().max() if not data.empty else 0
     divisor, unit = byte_unit(top)
     data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
-    order = [c for c in CATEGORY_COLORS if c in set(data["category"])]
     return (
         alt.Chart(data)
         .mark_bar()
         .encode(
             x=alt.X("phase:N", title="after", sort=list(PHASES.values()), axis=alt.Axis(labelAngle=0)),
             y=alt.Y("amount:Q", title=f"model state, {unit}", stack="zero"),
-            color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
-                            legend=alt.Legend(orient="top")),
+            color=_category_color(data["category"]),
             column=alt.Column("rank:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("phase:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f")],
         )
@@ -343,15 +351,13 @@ def compare_memory_chart(latests: dict[str, pd.DataFrame]) -> alt.Chart:
     data = data[~data["category"].isin([OTHER_LABEL, OTHER_LABEL_CUDA])]  # compare model state; RSS noise hides it
     divisor, unit = byte_unit(data.groupby(["run", "rank"])["bytes"].sum().max() if not data.empty else 0)
     data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
-    order = [c for c in CATEGORY_COLORS if c in set(data["category"])]
     return (
         alt.Chart(data)
         .mark_bar()
         .encode(
             x=alt.X("rank:N", title=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("amount:Q", title=f"model state, {unit}", stack="zero"),
-            color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
-                            legend=alt.Legend(orient="top")),
+            color=_category_color(data["category"]),
             column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=_panel_px(data))),
             tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f")],
         )
