@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engine import launcher, runstore
+from engine.estimate import add_estimate_arguments, run_estimate_command
 from engine.spec import JobSpec, SpecError
 
 ALIASES = {"global_batch": ["--batch"]}
@@ -115,14 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     multinode.add_argument("--spec-out", type=Path, default=None, help="also write the spec file here")
     multinode.set_defaults(handler=cmd_torchrun_command)
 
-    try:
-        from engine.estimate import add_estimate_arguments, run_estimate_command
-    except ImportError:  # the estimator module is optional for the rest of the CLI
-        pass
-    else:
-        estimate = commands.add_parser("estimate", help="per-rank memory for any model, strategy and rank count")
-        add_estimate_arguments(estimate)
-        estimate.set_defaults(handler=run_estimate_command)
+    estimate = commands.add_parser("estimate", help="per-rank memory for any model, strategy and rank count")
+    add_estimate_arguments(estimate)
+    estimate.set_defaults(handler=run_estimate_command)
     return parser
 
 
