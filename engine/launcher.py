@@ -56,7 +56,7 @@ def check_launchable(spec: JobSpec) -> None:
 def launch(spec: JobSpec, runs_dir: Path | None = None) -> str:
     """Validates, writes the run directory and starts the job in the background; returns the run id."""
     check_launchable(spec)
-    runs_dir = Path(runs_dir or runs_dir_default())
+    runs_dir = Path(runs_dir or runstore.runs_dir_default())
     runs_dir.mkdir(parents=True, exist_ok=True)
     while True:
         run_id = runstore.new_run_id(spec.strategy, runs_dir)
@@ -76,10 +76,6 @@ def launch(spec: JobSpec, runs_dir: Path | None = None) -> str:
             start_new_session=True,  # not in the app's process group: a Ctrl-C there does not kill the run
         )
     return run_id
-
-
-def runs_dir_default() -> Path:
-    return runstore.runs_dir_default()
 
 
 def cancel(run_id: str, runs_dir: Path | None = None, timeout_s: float = 5.0) -> dict:

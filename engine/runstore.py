@@ -22,7 +22,6 @@ import psutil
 from engine.spec import JobSpec
 
 ACTIVE_STATES = ("queued", "running")
-RUNS_DIR = Path(os.environ.get("SHARDLAB_RUNS_DIR", "runs"))
 
 
 def runs_dir_default() -> Path:
@@ -31,10 +30,10 @@ def runs_dir_default() -> Path:
 
 
 def run_dir(run_id: str, runs_dir: Path | None = None) -> Path:
-    path = Path(runs_dir or runs_dir_default()) / run_id
-    if not (path / "spec.json").is_file():
-        raise FileNotFoundError(f"no run '{run_id}' in {Path(runs_dir or runs_dir_default()).resolve()}")
-    return path
+    root = Path(runs_dir or runs_dir_default())
+    if not (root / run_id / "spec.json").is_file():
+        raise FileNotFoundError(f"no run '{run_id}' in {root.resolve()}")
+    return root / run_id
 
 
 def read_spec(path: Path) -> JobSpec:
