@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 from engine import runstore
 from engine.spec import JobSpec, SpecError, check_resources
+from engine.supervisor import kill_processes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,13 +106,7 @@ def cancel(run_id: str, runs_dir: Path | None = None, timeout_s: float = 5.0) ->
 
 def kill_run_processes(status: dict) -> None:
     """Last resort: SIGKILL whatever the status names that still lives (supervisor, torchrun, workers)."""
-    for pid in [status.get("supervisor_pid"), status.get("torchrun_pid"), *status.get("worker_pids", [])]:
-        if not pid:
-            continue
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
+    kill_processes([status.get("supervisor_pid"), status.get("torchrun_pid"), *status.get("worker_pids", [])])
 
 
 def wait(run_id: str, runs_dir: Path | None = None, timeout_s: float = 600) -> dict:

@@ -36,8 +36,23 @@ def torchrun_command(
     return command + ["-m", "engine.worker", str(spec_path)]
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def die_with_parent() -> None:
+    """If our parent is SIGKILLed we would run on as an orphan; ask Linux to kill us with it (no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_processes(pids) -> None:
+    """SIGKILL each pid still alive. By pid, never by process group: torchrun's workers sit in their own sessions."""
+    for pid in pids:
+        if not pid:
+            continue
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
 
 
 def error_summary(path: Path) -> str:
@@ -78,7 +93,7 @@ def main(path: Path) -> int:
     with open(path / "log.txt", "ab") as log:
         torchrun = subprocess.Popen(
             torchrun_command(path / "spec.json", spec["nproc"]),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent,
         )
     if cancelled_at:  # cancelled while torchrun was starting
         torchrun.send_signal(signal.SIGTERM)
@@ -96,20 +111,10 @@ def main(path: Path) -> int:
             status["worker_pids"] = sorted(workers)
             runstore.write_json_atomic(path / "status.json", status)
         if cancelled_at and time.time() - cancelled_at[0] > CANCEL_GRACE_S:
-            # torchrun workers sit in their own sessions: kill them by pid, never by process group.
-            for pid in [*workers, torchrun.pid]:
-                try:
-                    psutil.Process(pid).kill()
-                except psutil.Error:
-                    pass
+            kill_processes([*workers, torchrun.pid])
         time.sleep(0.1)
 
-    # Nothing of the run may outlive it (a worker can linger after torchrun itself has gone).
-    for pid in workers:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
+    kill_processes(workers)  # nothing of the run may outlive it (a worker can linger after torchrun has gone)
     exit_code = torchrun.returncode
     ends = {r["rank"] for r in runstore.read_metrics(path) if r.get("kind") == "end"}
     status.update(exit_code=exit_code, ended_at=time.time())

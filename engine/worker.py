@@ -13,7 +13,6 @@ Every number it reports is measured here and appended, one JSON line per record,
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -35,6 +34,7 @@ from engine.models import build_model, count_parameters
 from engine.registry import model_context
 from engine.spec import STRATEGIES, JobSpec
 from engine.strategies import after_optimizer_step, apply_strategy, build_optimizer, full_parameters
+from engine.supervisor import die_with_parent  # if torchrun is SIGKILLed, its ranks die too
 
 EVAL_ITEMS = 512  # held-out samples per evaluation, split evenly over the ranks
 DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # bf16: fp32 weights, bf16 compute
@@ -50,14 +50,6 @@ class MetricsWriter:
 
     def write(self, **record) -> None:
         os.write(self.fd, (json.dumps(record) + "\n").encode())
-
-
-def die_with_parent() -> None:
-    """If torchrun is SIGKILLed its workers would run on as orphans; ask Linux to kill us with it."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def main(spec_path: Path) -> None:
