@@ -139,10 +139,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         t0 = time.perf_counter()
 
         indices = rank_slice(global_batch_indices(step - 1, len(dataset), spec.global_batch, spec.seed), rank, world_size)
-        x, y = dataset.batch(indices)
-        x, y = x.to(device), y.to(device)
-        if x.is_floating_point():
-            x = x.to(dtype)
+        x, y = on_device(*dataset.batch(indices), device, dtype)
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, -2), y.flatten())
@@ -184,6 +181,11 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     metrics.write(kind="end", step=step, rank=rank, t=time.time(), cancelled=should_stop())
 
 
+def on_device(x: torch.Tensor, y: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs in the model's dtype (images; text stays token ids), labels as they are."""
+    return (x.to(device, dtype) if x.is_floating_point() else x.to(device)), y.to(device)
+
+
 def global_mean(value: torch.Tensor, world_size: int) -> float:
     total = value.clone()
     dist.all_reduce(total)
@@ -195,10 +197,7 @@ def evaluate(model, dataset, rank, world_size, device, dtype, autocast) -> tuple
     """Loss and accuracy over held-out data; each rank takes an equal slice, sums are all-reduced."""
     indices = dataset.held_out_indices(EVAL_ITEMS)
     indices = rank_slice(indices[: len(indices) // world_size * world_size], rank, world_size)
-    x, y = dataset.batch(indices, split="test")
-    x, y = x.to(device), y.to(device)
-    if x.is_floating_point():
-        x = x.to(dtype)
+    x, y = on_device(*dataset.batch(indices, split="test"), device, dtype)
     model.eval()
     with autocast:
         logits = model(x).float().flatten(0, -2)
