@@ -88,7 +88,7 @@ def cmd_torchrun_command(args) -> int:
 
 
 def cmd_slurm_script(args) -> int:
-    from engine.slurm import slurm_script
+    from engine.cluster import slurm_script
 
     spec = spec_from_args(args)
     runs_dir = (args.runs_dir or runstore.runs_dir_default()).resolve()

@@ -1,5 +1,5 @@
-"""The sbatch script for a JobSpec: one Slurm task per node, each running the same torchrun line as
-`torchrun-command` prints, with c10d rendezvous on the job's first node.
+"""The lines that start a JobSpec on a cluster: the torchrun line for each node, and an sbatch script that
+runs that line once per node under Slurm, with c10d rendezvous on the job's first node.
 
     python -m engine slurm-script --nnodes 2 --nproc 8 --device cuda --strategy zero3 > job.sbatch
     sbatch job.sbatch
@@ -26,6 +26,13 @@ SPEC_END = "SHARDLAB_SPEC"
 NODE_RANK = "$SLURM_NODEID"
 RDZV_ENDPOINT = "$HEAD_NODE:$RDZV_PORT"
 SPEC_PATH = "$RUN_DIR/spec.json"
+
+
+def torchrun_line(spec: JobSpec, spec_path: Path | str, node_rank: int = 0, rdzv_endpoint: str | None = None) -> str:
+    """The line `python -m engine torchrun-command` prints: run it on node k with --node-rank=k."""
+    command = torchrun_command(spec_path, spec.nproc, spec.nnodes, node_rank, rdzv_endpoint)
+    command[0] = "python"  # the line is for another machine: its own interpreter
+    return shlex.join(command)
 
 
 def slurm_script(
