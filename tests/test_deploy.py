@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,7 @@ import psutil
 import pytest
 
 from engine.cli import main
+from engine.gpus import GpuInfo, GpuInventory, find_gpus
 from engine.spec import JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,3 +256,105 @@ def test_slurm_script_trains_under_stub_srun_with_two_nodes_on_loopback(tmp_path
         steps = [r["step"] for r in records if r["kind"] == "train"]
         assert steps == [1, 2, 3] and records[-1]["kind"] == "end", records
         assert all(r["world_size"] == 2 for r in records if r["kind"] == "train")
+
+
+# ------------------------------------------------------------------------------------------------ GPUs in the form
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+def fake_nvml(count: int = 2, name: str = "NVIDIA H100 80GB HBM3", total_bytes: int = 85_520_809_984,
+              init_error: str | None = None) -> types.ModuleType:
+    """A stand-in for nvidia-ml-py's `pynvml` with the calls ShardLab makes (this machine has no GPU)."""
+    module = types.ModuleType("pynvml")
+    module.NVMLError = FakeNVMLError
+
+    def init():
+        if init_error:
+            raise FakeNVMLError(init_error)
+
+    module.nvmlInit = init
+    module.nvmlShutdown = lambda: None
+    module.nvmlDeviceGetCount = lambda: count
+    module.nvmlDeviceGetHandleByIndex = lambda index: index
+    module.nvmlDeviceGetName = lambda handle: name.encode() if handle == 0 else name  # old and new bindings
+    module.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(total=total_bytes, used=0, free=total_bytes)
+    return module
+
+
+def test_find_gpus_reads_name_memory_and_count_from_nvml(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(count=2))
+    found = find_gpus()
+    assert found.count == 2 and found.gpus[0] == GpuInfo(0, "NVIDIA H100 80GB HBM3", 85_520_809_984)
+    assert found.describe() == "2 × NVIDIA H100 80GB HBM3, 79.6 GiB each (NVML)"
+
+
+def test_find_gpus_degrades_to_none_and_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(init_error="NVML Shared Library Not Found"))
+    assert find_gpus() == GpuInventory((), "no NVIDIA driver here: NVML Shared Library Not Found")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # the import itself fails
+    assert find_gpus().count == 0 and "not installed" in find_gpus().describe()
+
+
+@pytest.fixture
+def app_runs(tmp_path, monkeypatch):
+    import streamlit as st
+
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path / "runs"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return tmp_path / "runs"
+
+
+def train_page():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(REPO / "app" / "views" / "train.py"), default_timeout=60).run()
+
+
+def test_form_shows_the_gpus_nvml_finds_and_offers_cuda_ranks_up_to_their_count(app_runs, monkeypatch):
+    from app import state
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(count=2))
+    at = train_page()
+    assert not at.exception
+    assert "2 × NVIDIA H100 80GB HBM3, 79.6 GiB each (NVML)" in [c.value for c in at.caption]
+    device = at.button_group(key=state.FORM_FIELDS["device"])
+    assert device.options == ["2 GPUs (NCCL)", "CPU processes (gloo)"]
+    device.set_value("cuda").run()
+    assert at.number_input(key=state.FORM_FIELDS["nproc"]).max == 2
+
+
+def test_form_without_nvml_trains_on_cpu_and_says_no_gpu_was_found(app_runs, monkeypatch):
+    from app import state
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(init_error="NVML Shared Library Not Found"))
+    at = train_page()
+    assert not at.exception
+    assert any(c.value.startswith("No GPU found through NVML") for c in at.caption)
+    assert at.session_state[state.FORM_FIELDS["device"]] == "cpu"
+    assert not [b for b in at.button_group if b.key == state.FORM_FIELDS["device"]]
+
+
+def test_cluster_panel_shows_the_clis_torchrun_line_and_slurm_script(app_runs, monkeypatch, capsys):
+    from app import state
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    at = train_page()
+    keys = state.CLUSTER_FIELDS
+    at.number_input(key=keys["nnodes"]).set_value(3)
+    at.number_input(key=keys["nproc"]).set_value(4)
+    at.text_input(key=keys["rdzv_endpoint"]).set_value("head:29400")
+    at.run()
+    assert not at.code and "not divisible by 12 ranks" in at.error[0].value  # 64 over 12 ranks: said, not shown
+    at.number_input(key=state.FORM_FIELDS["global_batch"]).set_value(96).run()
+    torchrun, script = (c.value for c in at.code)
+    capsys.readouterr()
+    assert main(["torchrun-command", "--nnodes", "3", "--nproc", "4", "--device", "cuda", "--global-batch", "96",
+                 "--rdzv-endpoint", "head:29400"]) == 0
+    assert torchrun == capsys.readouterr().out.strip()
+    assert main(["slurm-script", "--nnodes", "3", "--nproc", "4", "--device", "cuda", "--global-batch", "96",
+                 "--runs-dir", str(app_runs)]) == 0
+    assert script == capsys.readouterr().out.rstrip("\n")  # st.code drops the final newline
