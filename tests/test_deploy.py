@@ -358,3 +358,73 @@ def test_cluster_panel_shows_the_clis_torchrun_line_and_slurm_script(app_runs, m
     assert main(["slurm-script", "--nnodes", "3", "--nproc", "4", "--device", "cuda", "--global-batch", "96",
                  "--runs-dir", str(app_runs)]) == 0
     assert script == capsys.readouterr().out.rstrip("\n")  # st.code drops the final newline
+
+
+# ------------------------------------------------------------------------------------------------ the GPU check
+
+
+def load_gpu_check():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return gpu_check
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line_and_exits_0(monkeypatch, capsys):
+    gpu_check = load_gpu_check()
+    monkeypatch.setattr(gpu_check, "find_gpus", lambda: GpuInventory((), "no NVIDIA driver here: test"))
+    monkeypatch.setattr(gpu_check.launcher, "launch", lambda *a, **k: pytest.fail("launched without a GPU"))
+    assert gpu_check.main([]) == 0
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and "No GPU found through NVML" in out and "Nothing was checked" in out
+
+
+def synthetic_run(allocated_delta: int, grads_delta: int = 0) -> tuple[dict, list[dict]]:
+    """A run summary and records as a 1-GPU DDP run would leave them, built from the estimate itself."""
+    from engine.estimate import estimate_for_spec
+
+    spec = json.loads(JobSpec(nproc=1, device="cuda", size="small", global_batch=16).to_json())
+    want = estimate_for_spec(spec)[0]
+    state = {"params": want.params_bytes, "master": want.master_bytes, "grads": want.grads_bytes + grads_delta,
+             "optimizer": want.optimizer_bytes}
+    state["total"] = sum(state.values())
+    summary = {"spec": spec, "per_rank": [{"rank": 0, "model_state_bytes": state}]}
+    record = {"kind": "train", "rank": 0, "step": 20, "loss_global": 0.5, "step_time_s": 0.004,
+              "cuda_allocated_bytes": state["total"] + allocated_delta, "cuda_reserved_bytes": 2**25,
+              "cuda_peak_allocated_bytes": state["total"] + 2**20, "nvml_used_bytes": 2**29}
+    return summary, [{"kind": "start", "rank": 0}, {**record, "step": 19}, record]
+
+
+def test_gpu_check_compares_cuda_bytes_with_the_walk_and_the_estimate():
+    gpu_check = load_gpu_check()
+    summary, records = synthetic_run(allocated_delta=70_000)
+    (row,) = gpu_check.rank_rows(summary, records)
+    assert row["steps"] == 20 and row["estimate_bytes"] == row["states_bytes"] and not row["estimate_mismatch"]
+    assert row["cuda_allocated_bytes"] - row["states_bytes"] == 70_000 and row["allocated_covers_states"]
+    assert gpu_check.all_ok([row]) and row["strategy"] in gpu_check.format_table([row])
+
+    (short,) = gpu_check.rank_rows(*synthetic_run(allocated_delta=-2**20))  # fewer bytes on the GPU than walked
+    assert short["allocated_covers_states"] is False and not gpu_check.all_ok([short])
+    assert gpu_check.format_table([short]).splitlines()[-1].endswith("NO")
+
+    (off,) = gpu_check.rank_rows(*synthetic_run(allocated_delta=70_000, grads_delta=4))
+    assert off["estimate_mismatch"] == "grads +4" and not gpu_check.all_ok([off])
+    assert "grads +4" in gpu_check.format_table([off])
+
+
+@pytest.mark.torchrun
+def test_gpu_check_dry_mode_runs_all_four_strategies_on_gloo(tmp_path):
+    out = tmp_path / "rows.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--nproc", "1", "--size", "tiny",
+         "--steps", "2", "--concurrent", "--runs-dir", str(tmp_path / "runs"), "--json-out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())
+    assert [r["strategy"] for r in rows] == ["ddp", "zero1", "zero2", "zero3"]
+    assert all(r["steps"] == 2 and r["states_bytes"] == r["estimate_bytes"] > 0 for r in rows)
+    assert all(r["cuda_allocated_bytes"] is None for r in rows)  # gloo: nothing CUDA shown as measured
+    assert "DRY MODE" in result.stdout and "every run succeeded" in result.stdout
