@@ -1,5 +1,4 @@
-"""Command line for headless and cluster use: python -m engine {train,summary,runs,cancel,torchrun-command,slurm-script,
-estimate}."""
+"""Command line for headless and cluster use: python -m engine {train,summary,runs,cancel,torchrun-command,estimate}."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engine import launcher, runstore
+from engine.cluster import slurm_script
 from engine.estimate import add_estimate_arguments, run_estimate_command
 from engine.spec import JobSpec, SpecError
 
@@ -88,8 +88,6 @@ def cmd_torchrun_command(args) -> int:
 
 
 def cmd_slurm_script(args) -> int:
-    from engine.cluster import slurm_script
-
     spec = spec_from_args(args)
     runs_dir = (args.runs_dir or runstore.runs_dir_default()).resolve()
     script = slurm_script(spec, runs_dir, args.repo_dir.resolve(), args.cpus_per_rank, args.time, args.partition)

@@ -11,6 +11,7 @@ every node append their metrics there, and the dashboard reads that folder like 
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -44,9 +45,14 @@ def slurm_script(
     partition: str | None = None,
 ) -> str:
     """The whole sbatch script as text. runs_dir and repo_dir must be the same paths on every node."""
-    cpus_per_rank = cpus_per_rank or CPUS_PER_RANK[spec.device]
+    cpus_per_rank = CPUS_PER_RANK[spec.device] if cpus_per_rank is None else cpus_per_rank
     if cpus_per_rank < 1:
         raise ValueError(f"cpus per rank must be at least 1 (got {cpus_per_rank})")
+    # Both land on #SBATCH lines: anything beyond Slurm's own syntax could smuggle in lines of shell.
+    if not re.fullmatch(r"[0-9][0-9:-]*", time_limit):
+        raise ValueError(f"time limit '{time_limit}' is not a Slurm time (e.g. 01:00:00 or 1-00:00:00)")
+    if partition is not None and not re.fullmatch(r"[\w.,-]+", partition):
+        raise ValueError(f"partition '{partition}' is not a Slurm partition name")
     # The same line `torchrun-command` prints, with the node rank, the endpoint and the spec left to bash.
     line = torchrun_command(SPEC_PATH, spec.nproc, spec.nnodes, NODE_RANK, RDZV_ENDPOINT)
     line[0] = "$PYTHON"

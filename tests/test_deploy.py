@@ -428,3 +428,32 @@ def test_gpu_check_dry_mode_runs_all_four_strategies_on_gloo(tmp_path):
     assert all(r["steps"] == 2 and r["states_bytes"] == r["estimate_bytes"] > 0 for r in rows)
     assert all(r["cuda_allocated_bytes"] is None for r in rows)  # gloo: nothing CUDA shown as measured
     assert "DRY MODE" in result.stdout and "every run succeeded" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+
+def test_readme_keeps_the_two_set_up_commands_first_and_its_deploy_commands_run(tmp_path, capsys):
+    text = (REPO / "README.md").read_text()
+    first_block = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert first_block == [
+        "python3 -m pip install -r requirements.txt && python3 -m streamlit run app/shardlab.py",
+        "python3 -m pip install -r requirements-dev.txt && python3 -m pytest",
+    ]
+    deploy = text.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    lines = deploy.replace("\\\n", " ").splitlines()
+    commands = [line.split("&&")[0].split("#")[0] for line in lines if line.startswith("python3 -m engine ")]
+    assert {shlex.split(c)[3] for c in commands} == {"torchrun-command", "slurm-script"}
+    for command in commands:
+        words = shlex.split(command)[3:]
+        words = [str(tmp_path / w) if w in ("spec.json", "job.sbatch") else w for w in words]
+        words = [str(tmp_path / "runs") if w.startswith("/shared/") else w for w in words]
+        assert main(words) == 0, command
+    assert "#SBATCH --nodes=2" in (tmp_path / "job.sbatch").read_text()
+
+
+@pytest.mark.parametrize("flag, value", [("--time", "1:00\nrm -rf ~"), ("--partition", "gpu;reboot"),
+                                         ("--cpus-per-rank", "0")])
+def test_slurm_script_refuses_options_that_are_not_slurms_syntax(flag, value, capsys):
+    assert main(["slurm-script", flag, value]) == 2
+    assert "error:" in capsys.readouterr().err
