@@ -31,7 +31,7 @@ def render_cluster_commands(values: dict) -> None:
             spec = JobSpec(**{**values, "nnodes": cluster["nnodes"], "nproc": cluster["nproc"],
                               "device": cluster["device"]})
         except SpecError as error:
-            st.error(f"On this cluster: {error}", icon=":material/error:")
+            st.warning(f"On this cluster: {error}", icon=":material/warning:")  # not the form's own error
             return
         world = spec.world_size
         st.caption(f"{world} rank{'s' * (world > 1)} in all; each sees {spec.local_batch} samples per step. "

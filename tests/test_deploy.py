@@ -138,6 +138,7 @@ def test_image_install_and_start_steps_dry_run_in_a_clean_virtual_environment(tm
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     path = f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"  # `python` in the image's lines is the venv's
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLIT_", "SHARDLAB_"))}
+    assert shutil.which("python", path=path) == str(venv / "bin" / "python")
 
     (pip,) = [run for run in facts["run"] if "pip install" in run]
     install = subprocess.run(["bash", "-c", pip + " --no-index"], cwd=REPO, capture_output=True, text=True,
@@ -173,7 +174,6 @@ def test_image_install_and_start_steps_dry_run_in_a_clean_virtual_environment(tm
         process = psutil.Process(server.pid)
         listening = {(c.laddr.ip, c.laddr.port) for c in process.net_connections("tcp") if c.status == "LISTEN"}
         assert ("0.0.0.0", port) in listening, listening
-        assert Path(process.cmdline()[0]).parent == venv / "bin" or process.environ()["PATH"].startswith(str(venv))
         assert "external IP" not in log.read_text()  # browser.serverAddress set: no probe of an internet service
     finally:
         server.terminate()
@@ -348,7 +348,7 @@ def test_cluster_panel_shows_the_clis_torchrun_line_and_slurm_script(app_runs, m
     at.number_input(key=keys["nproc"]).set_value(4)
     at.text_input(key=keys["rdzv_endpoint"]).set_value("head:29400")
     at.run()
-    assert not at.code and "not divisible by 12 ranks" in at.error[0].value  # 64 over 12 ranks: said, not shown
+    assert not at.code and "not divisible by 12 ranks" in at.warning[0].value  # 64 over 12 ranks: said, not shown
     at.number_input(key=state.FORM_FIELDS["global_batch"]).set_value(96).run()
     torchrun, script = (c.value for c in at.code)
     capsys.readouterr()
