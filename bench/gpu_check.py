@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # runnable as `python bench/gpu_check.py` from an
 from engine import launcher, runstore  # noqa: E402
 from engine.estimate import compare_with_measured, estimate_for_spec  # noqa: E402
 from engine.gpus import find_gpus  # noqa: E402
-from engine.spec import JobSpec  # noqa: E402
+from engine.spec import JobSpec, SpecError  # noqa: E402
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 MIB = 2**20
@@ -197,11 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     print(environment_line(args.device), flush=True)
     nproc = args.nproc or (gpus.count if args.device == "cuda" else 2)
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="shardlab-gpu-check-"))
-    specs = [
-        JobSpec(model="mlp", size=args.size, dataset="digits", strategy=strategy, nproc=nproc, device=args.device,
-                steps=args.steps, global_batch=16 * nproc, optimizer="adam", precision="fp32")
-        for strategy in args.strategies.split(",")
-    ]
+    try:
+        specs = [
+            JobSpec(model="mlp", size=args.size, dataset="digits", strategy=strategy, nproc=nproc,
+                    device=args.device, steps=args.steps, global_batch=16 * nproc, optimizer="adam", precision="fp32")
+            for strategy in args.strategies.split(",")
+        ]
+        for spec in specs:
+            launcher.check_launchable(spec)  # e.g. more ranks than GPUs: said now, before any run starts
+    except SpecError as error:
+        print(f"gpu_check: error: {error}")
+        return 2
     print(f"runs in {runs_dir}: {', '.join(s.strategy for s in specs)}, {nproc} rank{'s' * (nproc > 1)}, "
           f"mlp/{args.size}, {args.steps} steps", flush=True)
     rows = run_all(specs, runs_dir, args.concurrent, args.budget_s)
