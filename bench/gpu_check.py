@@ -126,7 +126,8 @@ def environment_line(device: str) -> str:
         parts.append(f"CUDA {torch.version.cuda}, cuda available: {torch.cuda.is_available()}, "
                      f"devices: {torch.cuda.device_count()}")
         if torch.cuda.is_available():
-            parts.append("NCCL " + ".".join(map(str, torch.cuda.nccl.version())))
+            version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in old ones
+            parts.append("NCCL " + (".".join(map(str, version)) if isinstance(version, tuple) else str(version)))
     return "; ".join(parts)
 
 
