@@ -381,6 +381,17 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line_and_exits_0(monkeypatch, ca
     assert len(out.splitlines()) == 1 and "No GPU found through NVML" in out and "Nothing was checked" in out
 
 
+def test_gpu_check_with_a_gpu_but_no_cuda_torch_says_so_and_fails(monkeypatch, capsys):
+    import torch
+
+    gpu_check = load_gpu_check()
+    monkeypatch.setattr(gpu_check, "find_gpus", lambda: GpuInventory((GpuInfo(0, "NVIDIA H100", 80 * 2**30),)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check.launcher, "launch", lambda *a, **k: pytest.fail("launched without CUDA"))
+    assert gpu_check.main([]) == 1
+    assert "cannot use it" in capsys.readouterr().out
+
+
 def synthetic_run(allocated_delta: int, grads_delta: int = 0) -> tuple[dict, list[dict]]:
     """A run summary and records as a 1-GPU DDP run would leave them, built from the estimate itself."""
     from engine.estimate import estimate_for_spec
