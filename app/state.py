@@ -32,6 +32,15 @@ CURRENT_RUN = "train_current_run"  # the run the Train page shows (also mirrored
 RUNS_OPEN = "runs_open"  # the run opened on the Runs page
 RUNS_COMPARE = "runs_compare"  # runs selected for comparison
 
+# "Run it on a cluster" (app/cluster_commands.py): the cluster's shape, which this machine's form cannot offer.
+CLUSTER_FIELDS = {
+    "nnodes": "cluster_nnodes",
+    "nproc": "cluster_nproc",
+    "device": "cluster_device",
+    "rdzv_endpoint": "cluster_rdzv_endpoint",
+}
+CLUSTER_DEFAULTS = {"nnodes": 2, "nproc": 8, "device": "cuda", "rdzv_endpoint": "node0:29500"}
+
 # The first click should train something real in seconds: JobSpec defaults (mlp tiny on digits), 2 CPU ranks.
 FIRST_RUN = JobSpec(nproc=2, device="cpu")
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
+from app.cluster_commands import render_cluster_commands
 from app.run_data import runs_dir
+from engine.gpus import find_gpus
 from engine.registry import DATASETS, MODELS
 from engine.spec import OPTIMIZERS, PRECISIONS, STRATEGIES, JobSpec, SpecError
 
@@ -91,6 +93,7 @@ def render_train_form() -> None:
         else:
             st.session_state[keys["device"]] = "cpu"
         _field_error("device")
+        st.caption(find_gpus().describe(), help="What NVIDIA's management library (NVML) reports on this machine.")
         on_gpu = st.session_state[keys["device"]] == "cuda"
         max_ranks = gpus if on_gpu else MAX_CPU_RANKS_IN_FORM
         st.session_state[keys["nproc"]] = min(max(1, int(st.session_state[keys["nproc"]])), max_ranks)
@@ -129,3 +132,4 @@ def render_train_form() -> None:
     _field_error("")
     st.button("Launch", type="primary", icon=":material/rocket_launch:", key="train_launch",
               on_click=launch_from_form)
+    render_cluster_commands(state.form_values())

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engine import launcher, runstore
+from engine.cluster import slurm_script
 from engine.estimate import add_estimate_arguments, run_estimate_command
 from engine.spec import JobSpec, SpecError
 
@@ -86,6 +87,20 @@ def cmd_torchrun_command(args) -> int:
     return 0
 
 
+def cmd_slurm_script(args) -> int:
+    spec = spec_from_args(args)
+    runs_dir = (args.runs_dir or runstore.runs_dir_default()).resolve()
+    script = slurm_script(spec, runs_dir, args.repo_dir.resolve(), args.cpus_per_rank, args.time, args.partition)
+    if args.out:
+        args.out.write_text(script)
+        print(f"# wrote {args.out}; submit it with: sbatch {args.out}", file=sys.stderr)
+    else:
+        print(script, end="")
+    print(f"# runs go to {runs_dir}/slurm-<job id>-{spec.strategy}: it must be on a filesystem every node sees",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="ShardLab engine")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     multinode.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of node 0's rendezvous")
     multinode.add_argument("--spec-out", type=Path, default=None, help="also write the spec file here")
     multinode.set_defaults(handler=cmd_torchrun_command)
+
+    slurm = commands.add_parser("slurm-script", help="print an sbatch script for this spec (one torchrun per node)")
+    add_spec_arguments(slurm)
+    slurm.add_argument("--runs-dir", type=Path, default=None,
+                       help="runs folder on a filesystem every node sees; default: $SHARDLAB_RUNS_DIR or ./runs")
+    slurm.add_argument("--repo-dir", type=Path, default=launcher.REPO_ROOT,
+                       help="this checkout's path on the nodes (default: where it is here)")
+    slurm.add_argument("--cpus-per-rank", type=int, default=None, help="default 1 on cpu, 4 on cuda")
+    slurm.add_argument("--time", default="01:00:00", help="#SBATCH --time (default 01:00:00)")
+    slurm.add_argument("--partition", default=None, help="#SBATCH --partition (default: the cluster's)")
+    slurm.add_argument("--out", type=Path, default=None, help="write the script here instead of printing it")
+    slurm.set_defaults(handler=cmd_slurm_script)
 
     estimate = commands.add_parser("estimate", help="per-rank memory for any model, strategy and rank count")
     add_estimate_arguments(estimate)
