@@ -50,8 +50,9 @@ class MemoryNeed:
     each phase, which also enforces the budget), keeping the largest need seen for each phase."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, shard_units: list[torch.nn.Module],
-                 rank: int, budget_mb: int):
+                 rank: int, budget_mb: int, on_over_budget=lambda record: None):
         self.model, self.optimizer, self.rank, self.budget_mb = model, optimizer, rank, budget_mb
+        self.on_over_budget = on_over_budget  # called with record() before OverBudget is raised
         self.saved: dict[int, torch.UntypedStorage] = {}
         self.gathered: list[dict[int, int]] = []  # per unit entered: storage -> bytes of its parameters
         self.need_bytes: dict[str, int] = {}
@@ -95,6 +96,8 @@ class MemoryNeed:
             self.parts[phase] = {"model_state_bytes": state, "activation_bytes": activations, "gathered_bytes": gathered}
         if phase == "step":
             self._saving = None
+        if self.budget_mb and need > self.budget_mb * MIB:
+            self.on_over_budget(self.record())
         check_budget(self.rank, phase, need, self.budget_mb)
 
     def close(self) -> None:

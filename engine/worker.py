@@ -113,8 +113,11 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     if spec.memory_budget_mb and device.type == "cuda":
         cap_cuda_memory(device, spec.memory_budget_mb)
     cpu_budget_mb = spec.memory_budget_mb if device.type == "cpu" else 0
-    need = MemoryNeed(unwrap(model), optimizer, shard_units, rank, cpu_budget_mb) if (
-        spec.instrument or cpu_budget_mb) else None
+    need = MemoryNeed(
+        unwrap(model), optimizer, shard_units, rank, cpu_budget_mb,
+        on_over_budget=lambda record: metrics.write(kind="memory_need", rank=rank, t=time.time(), over_budget=True,
+                                                    budget_bytes=cpu_budget_mb * 2**20, simulated=True, **record),
+    ) if (spec.instrument or cpu_budget_mb) else None
     collectives_step = min(2, spec.steps)  # step 2 is the steady state (step 1 also builds Adam's state)
     # DDP/ZeRO-1 compute in bf16 under autocast; FSDP2 casts through its MixedPrecisionPolicy instead.
     autocast = (
@@ -184,7 +187,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
             metrics.write(kind="collectives", step=step, rank=rank, t=time.time(), ops=comm.take_log())
         if measuring and step == min(MEASURED_STEPS, spec.steps):
             metrics.write(kind="memory_need", step=step, rank=rank, t=time.time(),
-                          budget_bytes=spec.memory_budget_mb * 2**20, simulated=device.type == "cpu", **need.record())
+                          budget_bytes=spec.memory_budget_mb * 2**20, simulated=device.type == "cpu", over_budget=False,
+                          **need.record())
             need.close()
         if device.type == "cuda":
             torch.cuda.synchronize()  # a CPU-GPU sync point: the step is done only when the GPU is
