@@ -187,7 +187,7 @@ def _all_four(data: GroupData) -> None:
     diff, steps = largest_loss_difference(losses)
     left, right = st.columns([3, 1])
     left.altair_chart(lesson_charts.loss_overlay_chart(losses), width="stretch")
-    right.metric("Largest per-step loss difference", f"{diff:.3g}" if diff is not None else "–",
+    right.metric("Largest loss difference", f"{diff:.3g}" if diff is not None else "–",
                  help="Over the steps every run has logged: the largest minus the smallest mean loss.")
     right.caption(f"over {steps} steps that all {len(losses)} runs have logged")
     st.caption(WHY["loss"])

@@ -19,7 +19,7 @@ STRATEGY_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2"]
 OP_COLORS = {"all_reduce": "#4C78A8", "broadcast": "#54A24B", "all_gather": "#B279A2", "reduce_scatter": "#F58518"}
 CATEGORY_COLORS = {"parameters": "#4C78A8", "master shard (ZeRO-2)": "#72B7B2", "gradients": "#F58518",
                    "optimizer state": "#E45756"}
-HOLDING_COLORS = {"full": "#4C78A8", "shard": "#F2CF5B", "owner (whole tensor)": "#E45756"}
+HOLDING_COLORS = {"full copy": "#9ECAE9", "shard k of N (rows a..b)": "#F2CF5B", "whole tensor, owned (ZeRO-1)": "#FF9D98"}
 PHASE_COLORS = {"forward": "#DCE9F5", "backward": "#FBE3D0", "optimizer": "#DDF0DA"}
 NEED_PARTS = {"model_state_bytes": "model state", "activation_bytes": "saved activations",
               "gathered_bytes": "gathered unit (ZeRO-3)"}
@@ -89,7 +89,7 @@ def staircase_chart(latest: dict[str, pd.DataFrame]) -> alt.Chart:
             x=alt.X("strategy:N", title=None, sort=STRATEGY_ORDER, axis=alt.Axis(labelAngle=0)),
             xOffset=alt.XOffset("rank:N"),
             y=alt.Y("amount:Q", title=f"bytes held, {unit}", stack="zero"),
-            color=alt.Color("category:N", title=None, legend=alt.Legend(orient="top"),
+            color=alt.Color("category:N", title=None, legend=alt.Legend(orient="bottom", columns=2),
                             scale=alt.Scale(domain=categories, range=[CATEGORY_COLORS[c] for c in categories])),
             order=alt.Order("category:N"),
             tooltip=[alt.Tooltip("strategy:N"), alt.Tooltip("rank:N"), alt.Tooltip("category:N"),
@@ -124,7 +124,7 @@ def traffic_chart(frame: pd.DataFrame) -> alt.LayerChart:
     x = alt.X("strategy:N", title=None, sort=STRATEGY_ORDER, axis=alt.Axis(labelAngle=0))
     bars = alt.Chart(frame).mark_bar().encode(
         x=x, y=alt.Y("psi_units:Q", title="traffic per step, units of Ψ", stack="zero"),
-        color=alt.Color("op:N", title=None, legend=alt.Legend(orient="top"),
+        color=alt.Color("op:N", title=None, legend=alt.Legend(orient="bottom", columns=2),
                         scale=alt.Scale(domain=ops, range=[OP_COLORS[o] for o in ops])),
         tooltip=[alt.Tooltip("strategy:N"), alt.Tooltip("op:N"), alt.Tooltip("psi_units:Q", format=".3f")],
     )
@@ -156,13 +156,17 @@ def sharding_frame(rows: list[dict], phase: str) -> pd.DataFrame:
     """One phase of engine.sharding's map, with display columns."""
     data = pd.DataFrame([r for r in rows if r["phase"] == phase])
     if data.empty:
-        return pd.DataFrame(columns=["rank", "category", "tensor", "holding", "kind", "label", "bytes", "text"])
+        return pd.DataFrame(columns=["rank", "category", "tensor", "holding", "kind", "title", "label", "bytes", "text",
+                                     "amount"])
     divisor, unit = _unit(data["bytes"].max())
     data["rank"] = "rank " + data["rank"].astype(str)
     data["category"] = data["category"].map(CATEGORY_LABELS)
-    data["kind"] = data["holding"].map(lambda h: "shard" if h.startswith("shard") else h)
+    data["kind"] = data["holding"].map(
+        lambda h: "shard k of N (rows a..b)" if h.startswith("shard") else "full copy" if h == "full"
+        else "whole tensor, owned (ZeRO-1)")
+    data["title"] = data["holding"].map(lambda h: h if h.startswith("shard") else "full" if h == "full" else "owner")
     data["text"] = data.apply(
-        lambda r: ("all rows" if r["kind"] != "shard" else
+        lambda r: (f"all {r['dim0']} rows" if not r["holding"].startswith("shard") else
                    f"rows {r['rows_from']}..{r['rows_to'] - 1}" if r["rows_to"] > r["rows_from"] else "no rows"),
         axis=1)
     data["amount"] = (data["bytes"] / divisor).round(2).astype(str) + f" {unit.split()[0]}"
@@ -175,7 +179,7 @@ def sharding_map_chart(rows: list[dict], phase: str) -> alt.FacetChart:
     tensors = list(dict.fromkeys(data["tensor"]))
     kinds = [k for k in HOLDING_COLORS if k in set(data["kind"])]
     base = alt.Chart().encode(
-        x=alt.X("tensor:N", title=None, sort=tensors, axis=alt.Axis(labelAngle=-30, orient="top", labelLimit=120)),
+        x=alt.X("tensor:N", title=None, sort=tensors, axis=alt.Axis(labelAngle=0, orient="top", labelLimit=110, labelOverlap=False)),
         y=alt.Y("rank:N", title=None),
     )
     cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
@@ -184,14 +188,15 @@ def sharding_map_chart(rows: list[dict], phase: str) -> alt.FacetChart:
         tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("tensor:N"), alt.Tooltip("label:N"),
                  alt.Tooltip("bytes:Q", format=",.0f")],
     )
-    rows_text = base.mark_text(fontSize=10, dy=-6).encode(text=alt.Text("text:N"))
-    bytes_text = base.mark_text(fontSize=10, dy=7).encode(text=alt.Text("amount:N"))
+    title_text = base.mark_text(fontSize=10, dy=-12, fontWeight="bold").encode(text=alt.Text("title:N"))
+    rows_text = base.mark_text(fontSize=10, dy=0).encode(text=alt.Text("text:N"))
+    bytes_text = base.mark_text(fontSize=10, dy=12).encode(text=alt.Text("amount:N"))
     categories = [c for c in CATEGORY_LABELS.values() if c in set(data["category"])]
     return (
-        alt.layer(cells, rows_text, bytes_text, data=data)
-        .properties(width=alt.Step(78), height=alt.Step(40))
-        .facet(column=alt.Column("category:N", title=None, sort=categories,
-                                 header=alt.Header(labelFontSize=13, labelFontWeight="bold")))
+        alt.layer(cells, title_text, rows_text, bytes_text, data=data)
+        .properties(width=alt.Step(112), height=alt.Step(48))
+        .facet(row=alt.Row("category:N", title=None, sort=categories,
+                           header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelAngle=0, labelAlign="left")))
         .properties(title=f"Who holds what {PHASE_LABELS[phase]}")
     )
 
@@ -219,8 +224,9 @@ def collectives_frame(logs: dict[str, list[dict]]) -> pd.DataFrame:
     for strategy, ops in logs.items():
         for i, op in enumerate(ops, 1):
             rows.append({"strategy": LABELS.get(strategy, strategy), "order": i, "op": op["op"], "bytes": op["bytes"],
-                         "phase": op["phase"] or "?", "module": op.get("module") or ""})
-    return pd.DataFrame(rows, columns=["strategy", "order", "op", "bytes", "phase", "module"])
+                         "phase": op["phase"] or "?", "module": op.get("module") or "",
+                         "short": (op.get("module") or "").split(":")[0]})
+    return pd.DataFrame(rows, columns=["strategy", "order", "op", "bytes", "phase", "module", "short"])
 
 
 def collectives_timeline_chart(logs: dict[str, list[dict]]) -> alt.FacetChart:
@@ -228,16 +234,17 @@ def collectives_timeline_chart(logs: dict[str, list[dict]]) -> alt.FacetChart:
     the background its phase (forward, backward, optimizer)."""
     data = collectives_frame(logs)
     divisor, unit = _unit(data["bytes"].max() if not data.empty else 0)
-    data = data.assign(amount=data["bytes"] / divisor, start=data["order"] - 0.45, end=data["order"] + 0.45)
+    data = data.assign(amount=data["bytes"] / divisor)
     phases = [p for p in PHASE_COLORS if p in set(data["phase"])]
     ops = [o for o in OP_COLORS if o in set(data["op"])]
+    x = alt.X("order:O", title="collectives of one step, in the order issued", axis=alt.Axis(labelAngle=0))
     background = alt.Chart().mark_rect(opacity=0.9).encode(
-        x=alt.X("start:Q", title="collectives of one step, in the order issued"), x2="end:Q",
+        x=x,
         color=alt.Color("phase:N", title="phase", scale=alt.Scale(domain=phases, range=[PHASE_COLORS[p] for p in phases]),
                         legend=alt.Legend(orient="top")),
     )
-    bars = alt.Chart().mark_bar(width=14).encode(
-        x=alt.X("order:Q", axis=alt.Axis(tickMinStep=1)),
+    bars = alt.Chart().mark_bar(width=alt.RelativeBandSize(0.35)).encode(
+        x=x,
         y=alt.Y("amount:Q", title=f"payload, {unit}"),
         fill=alt.Fill("op:N", title="collective", scale=alt.Scale(domain=ops, range=[OP_COLORS[o] for o in ops]),
                       legend=alt.Legend(orient="top")),
@@ -245,10 +252,10 @@ def collectives_timeline_chart(logs: dict[str, list[dict]]) -> alt.FacetChart:
                  alt.Tooltip("module:N"), alt.Tooltip("bytes:Q", format=",.0f")],
     )
     labels = alt.Chart().mark_text(angle=270, align="left", dx=4, fontSize=10).encode(
-        x="order:Q", y=alt.value(118), text=alt.Text("module:N"))
+        x=x, y=alt.value(118), text=alt.Text("short:N"))
     return (
         alt.layer(background, bars, labels, data=data)
-        .properties(width=900, height=120)
+        .properties(width=alt.Step(44), height=120)
         .facet(row=alt.Row("strategy:N", title=None, sort=STRATEGY_ORDER,
                            header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelAngle=0, labelAlign="left")))
         .resolve_scale(x="independent", y="independent")
@@ -288,6 +295,8 @@ def memory_wall_chart(needs: dict[str, list[dict]], budget_bytes: int) -> alt.La
         tooltip=[alt.Tooltip("strategy:N"), alt.Tooltip("rank:N"), alt.Tooltip("part:N"), alt.Tooltip("phase:N"),
                  alt.Tooltip("bytes:Q", format=",.0f"), alt.Tooltip("over_budget:N")],
     )
+    if budget_bytes <= 0:
+        return alt.layer(bars).properties(height=HEIGHT + 40, title="Memory each rank needs")
     wall = pd.DataFrame({"amount": [budget_bytes / divisor],
                          "text": [f"budget: simulated device of {budget_bytes / 2**20:g} MiB"]})
     rule = alt.Chart(wall).mark_rule(color="#D62728", strokeWidth=3).encode(y="amount:Q")

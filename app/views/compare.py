@@ -10,7 +10,7 @@ from engine.compare import WALL_SPEC
 
 state.seed()
 state.seed_lessons()
-st.title("Compare: DDP and ZeRO-1/2/3 side by side")
+st.title("Compare: DDP and ZeRO, side by side")
 
 from_url = st.query_params.get("group")
 if from_url:
