@@ -39,6 +39,22 @@ def launch_memory_wall(runs_dir: Path | None = None) -> tuple[str, dict[str, str
     return launch_all(WALL_SPEC, runs_dir, WALL_STRATEGIES, kind="memory_wall")
 
 
+# What each strategy's PyTorch recipe issues per step, payload in units of Ψ elements (FACTS.md; checked against
+# real runs in tests/test_lessons.py). ZeRO-1 differs from the paper: torch's ZeroRedundancyOptimizer keeps DDP's
+# full all-reduce and then broadcasts every parameter from the rank that owns it.
+ENGINE_PAYLOAD_PSI = {
+    "ddp": {"all_reduce": 1},
+    "zero1": {"all_reduce": 1, "broadcast": 1},
+    "zero2": {"reduce_scatter": 1, "all_gather": 1},
+    "zero3": {"all_gather": 2, "reduce_scatter": 1},
+}
+
+
+def engine_traffic_psi(strategy: str) -> float:
+    """Traffic per step per rank of ShardLab's recipe, in the paper's units (an all-reduce counts twice)."""
+    return float(sum(PAPER_WEIGHT.get(op, 1) * n for op, n in ENGINE_PAYLOAD_PSI[strategy].items()))
+
+
 def traffic_psi(per_rank_comm: dict[str, int], param_count: int, bytes_per_element: int) -> float:
     """One rank's payload per step in units of Ψ (paper convention)."""
     payload = sum(PAPER_WEIGHT.get(op, 1) * size for op, size in per_rank_comm.items())
