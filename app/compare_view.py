@@ -13,7 +13,7 @@ import streamlit as st
 from app import lesson_charts, state
 from app.run_data import MetricsTail, latest_per_rank, runs_dir
 from engine import compare, runstore
-from engine.sharding import PHASE_LABELS, measured_totals, sharding_map_for_spec
+from engine.sharding import PHASE_LABELS, map_for_phase, map_phases, measured_totals, sharding_map_for_spec
 from engine.spec import STRATEGIES, JobSpec, SpecError
 
 REFRESH_S = 1.0
@@ -251,27 +251,43 @@ def _collectives(data: GroupData) -> None:
                "and all-gathers after the step; ZeRO-3 all-gathers each layer in forward and again in backward.")
 
 
+def map_controls(strategies: list[str], spec_of, left, right) -> tuple[str, str]:
+    """Strategy and phase pickers for a sharding map; ZeRO-3 adds one phase per unit inside the forward pass."""
+    if st.session_state[state.MAP_STRATEGY] not in strategies:
+        st.session_state[state.MAP_STRATEGY] = strategies[-1]
+    strategy = left.segmented_control("Strategy", strategies, key=state.MAP_STRATEGY, format_func=LABELS.get,
+                                      required=True)
+    phases = map_phases(spec_of(strategy))
+    if st.session_state[state.MAP_PHASE] not in phases:
+        st.session_state[state.MAP_PHASE] = "forward"
+    phase = right.segmented_control("When", phases, key=state.MAP_PHASE, required=True,
+                                    format_func=lambda p: PHASE_LABELS[p] if p in PHASE_LABELS else p)
+    return strategy, phase
+
+
+GATHER_NOTE = ("Purple: while a unit computes, ZeRO-3 all-gathers its parameters in full on every rank and frees "
+               "them right after (each rank's own shard stays); derived from the map, the all-gather itself is in "
+               "the collective log.")
+
+
 def _sharding(data: GroupData) -> None:
     st.subheader("Who holds what, when", anchor="sharding")
     state.seed_lessons()
     strategies = [s for s in data.runs if not data.train[s].empty]
     if not strategies:
         return
-    if st.session_state[state.MAP_STRATEGY] not in strategies:
-        st.session_state[state.MAP_STRATEGY] = strategies[-1]
-    left, right = st.columns(2)
-    strategy = left.segmented_control("Strategy", strategies, key=state.MAP_STRATEGY, format_func=LABELS.get,
-                                      required=True)
-    phase = right.segmented_control("After", list(PHASE_LABELS), key=state.MAP_PHASE,
-                                    format_func=lambda p: PHASE_LABELS[p].removeprefix("after "), required=True)
+    left, right = st.columns([1, 2])
+    strategy, phase = map_controls(strategies, data.spec.get, left, right)
     latest = data.latest()[strategy]
-    rows = sharding_map_for_spec(data.spec[strategy], first_step=int(latest["step"].iloc[0]) == 1)
-    st.altair_chart(lesson_charts.sharding_map_chart(rows, phase))
+    first = int(latest["step"].iloc[0]) == 1
+    st.altair_chart(lesson_charts.sharding_map_chart(map_for_phase(data.spec[strategy], phase, first), phase))
+    rows = sharding_map_for_spec(data.spec[strategy], first_step=first)
     table = lesson_charts.totals_frame(rows, measured_totals(latest.to_dict("records")))
     equal = int(table["equal"].sum())
-    st.caption(f"Computed from the model's parameter shapes and the strategy; per rank and category the map's bytes "
-               f"equal the run's measured bytes in {equal} of {len(table)} cells (step {int(latest['step'].iloc[0])}). "
-               "FSDP (ZeRO-2/3) splits every tensor by rows (dim 0), padding the last shard; ZeroRedundancyOptimizer "
-               "(ZeRO-1) gives each rank whole tensors, so its shares are uneven.")
+    st.caption(f"Computed from the model's parameter shapes and the strategy; per rank, phase and category the map's "
+               f"bytes equal the run's measured bytes in {equal} of {len(table)} cells (step "
+               f"{int(latest['step'].iloc[0])}). FSDP (ZeRO-2/3) splits every tensor by rows (dim 0), padding the "
+               "last shard; ZeroRedundancyOptimizer (ZeRO-1) gives each rank whole tensors, so its shares are uneven. "
+               + (GATHER_NOTE if strategy == "zero3" else ""))
     with st.expander("Map bytes beside measured bytes"):
         st.dataframe(table, hide_index=True)

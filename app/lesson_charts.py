@@ -19,7 +19,8 @@ STRATEGY_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2"]
 OP_COLORS = {"all_reduce": "#4C78A8", "broadcast": "#54A24B", "all_gather": "#B279A2", "reduce_scatter": "#F58518"}
 CATEGORY_COLORS = {"parameters": "#4C78A8", "master shard (ZeRO-2)": "#72B7B2", "gradients": "#F58518",
                    "optimizer state": "#E45756"}
-HOLDING_COLORS = {"full copy": "#9ECAE9", "shard k of N (rows a..b)": "#F2CF5B", "whole tensor, owned (ZeRO-1)": "#FF9D98"}
+HOLDING_COLORS = {"full copy": "#9ECAE9", "shard k of N (rows a..b)": "#F2CF5B", "whole tensor, owned (ZeRO-1)": "#FF9D98",
+                  "gathered in full, freed after (ZeRO-3)": "#B279A2"}
 PHASE_COLORS = {"forward": "#DCE9F5", "backward": "#FBE3D0", "optimizer": "#DDF0DA"}
 NEED_PARTS = {"model_state_bytes": "model state", "activation_bytes": "saved activations",
               "gathered_bytes": "gathered unit (ZeRO-3)"}
@@ -152,6 +153,10 @@ def step_time_chart(frame: pd.DataFrame) -> alt.Chart:
 # ---------------------------------------------------------------- who holds what, when
 
 
+def phase_label(phase: str) -> str:
+    return PHASE_LABELS.get(phase, f"while {phase.removeprefix('inside ')} computes (forward)")
+
+
 def sharding_frame(rows: list[dict], phase: str) -> pd.DataFrame:
     """One phase of engine.sharding's map, with display columns."""
     data = pd.DataFrame([r for r in rows if r["phase"] == phase])
@@ -163,8 +168,9 @@ def sharding_frame(rows: list[dict], phase: str) -> pd.DataFrame:
     data["category"] = data["category"].map(CATEGORY_LABELS)
     data["kind"] = data["holding"].map(
         lambda h: "shard k of N (rows a..b)" if h.startswith("shard") else "full copy" if h == "full"
-        else "whole tensor, owned (ZeRO-1)")
-    data["title"] = data["holding"].map(lambda h: h if h.startswith("shard") else "full" if h == "full" else "owner")
+        else "gathered in full, freed after (ZeRO-3)" if h.startswith("gathered") else "whole tensor, owned (ZeRO-1)")
+    data["title"] = data["holding"].map(lambda h: h if h.startswith("shard") else "full" if h == "full"
+                                        else "gathered" if h.startswith("gathered") else "owner")
     data["text"] = data.apply(
         lambda r: (f"all {r['dim0']} rows" if not r["holding"].startswith("shard") else
                    f"rows {r['rows_from']}..{r['rows_to'] - 1}" if r["rows_to"] > r["rows_from"] else "no rows"),
@@ -197,7 +203,7 @@ def sharding_map_chart(rows: list[dict], phase: str) -> alt.FacetChart:
         .properties(width=alt.Step(112), height=alt.Step(48))
         .facet(row=alt.Row("category:N", title=None, sort=categories,
                            header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelAngle=0, labelAlign="left")))
-        .properties(title=f"Who holds what {PHASE_LABELS[phase]}")
+        .properties(title=f"Who holds what {phase_label(phase)}")
     )
 
 

@@ -116,3 +116,54 @@ def measured_totals(train_records: list[dict]) -> dict[tuple[int, str, str], int
     """The same keys from one logged step's train records (one per rank): mem/<phase>/<category>_bytes."""
     return {(rec["rank"], phase, c): int(rec.get(f"mem/{phase}/{c}_bytes", 0) or 0)
             for rec in train_records for phase in PHASES for c in CATEGORIES}
+
+
+def shard_unit_of(model: str, size: str, dataset: str) -> dict[str, str]:
+    """Parameter name -> the FSDP unit (a block in the model's shard_units, else 'root') that gathers it."""
+    from engine.data import data_shape  # torch: only when a registry model is asked for
+    from engine.models import meta_model
+    from engine.registry import model_context
+
+    module = meta_model(model, size, data_shape(dataset, model_context(model, size)))
+    names = {id(m): n for n, m in module.named_modules()}
+    owner = {}
+    for unit in module.shard_units:
+        for name, _ in unit.named_parameters():
+            owner[f"{names[id(unit)]}.{name}"] = names[id(unit)]
+    return {name: owner.get(name, "root") for name, _ in module.named_parameters()}
+
+
+def gathered_map(rows: list[dict], shapes, unit_of: dict[str, str], unit: str, precision: str = "fp32") -> list[dict]:
+    """ZeRO-3 inside the forward pass: while `unit` computes, its parameters are gathered in full on every rank
+    (an all-gather, freed right after); every other tensor stays a shard. Derived from the 'forward' rows, not a
+    measured snapshot: the collective log shows the all-gather that makes it."""
+    elem = 8 if precision == "fp64" else 4
+    numel = {name: math.prod(shape) for name, shape in shapes}
+    out = []
+    for r in rows:
+        if r["phase"] != "forward":
+            continue
+        r = {**r, "phase": f"inside {unit}"}
+        if r["category"] == "params" and unit_of.get(r["tensor"]) == unit:
+            r.update(holding="gathered in full (freed after)", label="gathered in full (freed after)", rows_from=0,
+                     rows_to=r["dim0"], numel=numel[r["tensor"]], bytes=numel[r["tensor"]] * elem)
+        out.append(r)
+    return out
+
+
+def map_phases(spec: dict) -> list[str]:
+    """The phases a map can show for a spec: the three measured ones, and for ZeRO-3 one per unit inside forward."""
+    if spec["strategy"] != "zero3":
+        return list(PHASES)
+    units = dict.fromkeys(shard_unit_of(spec["model"], spec["size"], spec["dataset"]).values())
+    return ["forward", *(f"inside {u}" for u in units), "backward", "step"]
+
+
+def map_for_phase(spec: dict, phase: str, first_step: bool = False) -> list[dict]:
+    """The map's rows for one phase of `map_phases(spec)`."""
+    rows = sharding_map_for_spec(spec, first_step)
+    if not phase.startswith("inside "):
+        return [r for r in rows if r["phase"] == phase]
+    shapes = engine_param_shapes(spec["model"], spec["size"], spec["dataset"])
+    unit_of = shard_unit_of(spec["model"], spec["size"], spec["dataset"])
+    return gathered_map(rows, shapes, unit_of, phase.removeprefix("inside "), spec.get("precision", "fp32"))

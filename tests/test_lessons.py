@@ -210,3 +210,16 @@ def test_memory_wall_ddp_fails_naming_the_budget_and_zero3_trains(lessons):
     assert any("DDP" in e.value and "budget 6 MiB" in e.value for e in page.error)
     wall_chart = charts_by_title(page)["The memory wall"]
     assert {"DDP", "ZeRO-3"} <= set(wall_chart[0]["strategy"])
+
+
+def test_zero3_gathers_one_unit_in_full_inside_the_forward_pass():
+    from engine.sharding import map_for_phase, map_phases
+
+    spec = {"model": "mlp", "size": "tiny", "dataset": "digits", "strategy": "zero3", "nproc": 2}
+    assert map_phases(spec) == ["forward", "inside hidden.0", "inside hidden.1", "inside head", "backward", "step"]
+    inside = [r for r in map_for_phase(spec, "inside hidden.1") if r["category"] == "params"]
+    gathered = {(r["rank"], r["tensor"]): r["bytes"] for r in inside if r["holding"].startswith("gathered")}
+    assert gathered == {(rank, t): b for rank in (0, 1) for t, b in (("hidden.1.weight", 64 * 64 * 4),
+                                                                       ("hidden.1.bias", 64 * 4))}
+    assert {r["holding"] for r in inside if not r["tensor"].startswith("hidden.1")} == {"shard 1 of 2", "shard 2 of 2"}
+    assert map_phases({**spec, "strategy": "zero2"}) == ["forward", "backward", "step"]  # ZeRO-2 never re-gathers

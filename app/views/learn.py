@@ -8,12 +8,13 @@ import streamlit as st
 import altair as alt
 
 from app import lesson_charts, state
+from app.compare_view import map_controls
 from app.run_data import runs_dir
 from engine import runstore
 from engine.compare import ENGINE_PAYLOAD_PSI, ORDER, engine_traffic_psi
 from engine.estimate import bytes_per_param, comm_volume, estimate_model_states
 from engine.registry import MODELS
-from engine.sharding import PHASE_LABELS, sharding_map_for_spec
+from engine.sharding import map_for_phase
 from engine.spec import STRATEGIES
 
 state.seed_lessons()
@@ -29,22 +30,24 @@ st.markdown(
 
 # ------------------------------------------------------------------ who holds what, when
 st.subheader("Who holds what, when", anchor="who-holds-what")
-c1, c2, c3, c4 = st.columns([1.2, 1, 1.6, 1.6])
+c1, c2, c3 = st.columns([1.2, 1, 3])
 model = c1.selectbox("Model", ["mlp", "cnn", "gpt"], key="learn_map_model")
 ranks = c2.number_input("Ranks", 1, 8, key=state.LEARN_MAP_RANKS)
-strategy = c3.segmented_control("Strategy", list(ORDER), key=state.MAP_STRATEGY, format_func=LABELS.get, required=True)
-phase = c4.segmented_control("After", list(PHASE_LABELS), key=state.MAP_PHASE, required=True,
-                             format_func=lambda p: PHASE_LABELS[p].removeprefix("after "))
-spec = {"model": model, "size": "tiny", "dataset": "text" if model == "gpt" else "digits", "nproc": int(ranks),
-        "strategy": strategy, "precision": "fp32", "optimizer": "adam"}
-rows = sharding_map_for_spec(spec)
-st.altair_chart(lesson_charts.sharding_map_chart(rows, phase))
+
+
+def spec_of(strategy: str) -> dict:
+    return {"model": model, "size": "tiny", "dataset": "text" if model == "gpt" else "digits", "nproc": int(ranks),
+            "strategy": strategy, "precision": "fp32", "optimizer": "adam"}
+
+
+left, right = st.columns([1, 2])
+strategy, phase = map_controls(list(ORDER), spec_of, left, right)
+st.altair_chart(lesson_charts.sharding_map_chart(map_for_phase(spec_of(strategy), phase), phase))
 st.caption(f"{model} tiny ({', '.join(f'{k} {v}' for k, v in MODELS[model].presets['tiny'].items())}), fp32 Adam, "
            "computed from the model's parameter shapes by the estimator's exact engine mode: a real run of this "
            "spec measures these same bytes (check it on the Compare page). Blue: a full copy. Yellow: shard k of N, "
            "rows a..b of that tensor. Red: ZeRO-1 gives each rank *whole* tensors, so the shares are uneven. "
-           "ZeRO-3 gathers a layer's full parameters just before it computes and frees them right after: see "
-           "*Which collective runs when* on the Compare page.")
+           "Pick ZeRO-3 and an *inside …* moment to see a layer gathered in full while it computes.")
 
 # ------------------------------------------------------------------ memory and traffic per rank
 st.subheader("Memory and traffic per rank", anchor="memory-and-traffic")
