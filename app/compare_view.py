@@ -151,8 +151,7 @@ def _live(group: dict, was_active: bool) -> None:
         st.rerun()  # stop the timer
     _status_line(data)
     if group.get("kind") == "memory_wall":
-        _memory_wall(data)
-        _all_four(data)
+        _memory_wall(data)  # the lesson here is who fits; one run's curves would teach nothing
     else:
         _all_four(data)
         _memory_wall(data)
@@ -276,8 +275,7 @@ def _sharding(data: GroupData) -> None:
     strategies = [s for s in data.runs if not data.train[s].empty]
     if not strategies:
         return
-    left, right = st.columns([1, 2])
-    strategy, phase = map_controls(strategies, data.spec.get, left, right)
+    strategy, phase = map_controls(strategies, data.spec.get, st.container(), st.container())
     latest = data.latest()[strategy]
     first = int(latest["step"].iloc[0]) == 1
     st.altair_chart(lesson_charts.sharding_map_chart(map_for_phase(data.spec[strategy], phase, first), phase))

@@ -185,12 +185,12 @@ def sharding_map_chart(rows: list[dict], phase: str) -> alt.FacetChart:
     tensors = list(dict.fromkeys(data["tensor"]))
     kinds = [k for k in HOLDING_COLORS if k in set(data["kind"])]
     base = alt.Chart().encode(
-        x=alt.X("tensor:N", title=None, sort=tensors, axis=alt.Axis(labelAngle=0, orient="top", labelLimit=110, labelOverlap=False)),
+        x=alt.X("tensor:N", title=None, sort=tensors, axis=alt.Axis(labelAngle=0, orient="top", labelLimit=112, labelOverlap=False, labelFontSize=10)),
         y=alt.Y("rank:N", title=None),
     )
     cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
         color=alt.Color("kind:N", title=None, scale=alt.Scale(domain=kinds, range=[HOLDING_COLORS[k] for k in kinds]),
-                        legend=alt.Legend(orient="bottom")),
+                        legend=alt.Legend(orient="bottom", labelLimit=320)),
         tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("tensor:N"), alt.Tooltip("label:N"),
                  alt.Tooltip("bytes:Q", format=",.0f")],
     )
@@ -200,7 +200,7 @@ def sharding_map_chart(rows: list[dict], phase: str) -> alt.FacetChart:
     categories = [c for c in CATEGORY_LABELS.values() if c in set(data["category"])]
     return (
         alt.layer(cells, title_text, rows_text, bytes_text, data=data)
-        .properties(width=alt.Step(112), height=alt.Step(48))
+        .properties(width=alt.Step(120), height=alt.Step(48))
         .facet(row=alt.Row("category:N", title=None, sort=categories,
                            header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelAngle=0, labelAlign="left")))
         .properties(title=f"Who holds what {phase_label(phase)}")

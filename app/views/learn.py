@@ -40,13 +40,12 @@ def spec_of(strategy: str) -> dict:
             "strategy": strategy, "precision": "fp32", "optimizer": "adam"}
 
 
-left, right = st.columns([1, 2])
-strategy, phase = map_controls(list(ORDER), spec_of, left, right)
+strategy, phase = map_controls(list(ORDER), spec_of, st.container(), st.container())
 st.altair_chart(lesson_charts.sharding_map_chart(map_for_phase(spec_of(strategy), phase), phase))
 st.caption(f"{model} tiny ({', '.join(f'{k} {v}' for k, v in MODELS[model].presets['tiny'].items())}), fp32 Adam, "
            "computed from the model's parameter shapes by the estimator's exact engine mode: a real run of this "
            "spec measures these same bytes (check it on the Compare page). Blue: a full copy. Yellow: shard k of N, "
-           "rows a..b of that tensor. Red: ZeRO-1 gives each rank *whole* tensors, so the shares are uneven. "
+           "rows a..b of that tensor. Pink: ZeRO-1 gives each rank *whole* tensors, so the shares are uneven. "
            "Pick ZeRO-3 and an *inside …* moment to see a layer gathered in full while it computes.")
 
 # ------------------------------------------------------------------ memory and traffic per rank
