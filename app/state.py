@@ -26,6 +26,7 @@ FORM_FIELDS = {
     "eval_interval": "train_eval_interval",
     "seed": "train_seed",
     "memory_accurate": "train_memory_accurate",
+    "memory_budget_mb": "train_memory_budget_mb",
 }
 FORM_ERRORS = "train_form_errors"  # {JobSpec field or "": message} from the last Launch click
 CURRENT_RUN = "train_current_run"  # the run the Train page shows (also mirrored in the URL as ?run=)

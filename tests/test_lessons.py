@@ -223,3 +223,11 @@ def test_zero3_gathers_one_unit_in_full_inside_the_forward_pass():
                                                                        ("hidden.1.bias", 64 * 4))}
     assert {r["holding"] for r in inside if not r["tensor"].startswith("hidden.1")} == {"shard 1 of 2", "shard 2 of 2"}
     assert map_phases({**spec, "strategy": "zero2"}) == ["forward", "backward", "step"]  # ZeRO-2 never re-gathers
+
+
+def test_memory_budget_flag_comes_from_the_spec_and_is_validated(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["train", "--memory-budget-mb", "-1", "--runs-dir", str(tmp_path)]) == 2
+    assert "memory budget" in capsys.readouterr().err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
