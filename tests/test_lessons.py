@@ -124,6 +124,7 @@ def _run(lessons, strategy: str) -> Path:
 
 @pytest.mark.torchrun
 def test_compare_all_four_from_the_train_page(lessons):
+    assert lessons["app"].title[0].value.startswith("Compare")  # the button opened the compare view
     group = lessons["group"]
     assert list(group["runs"]) == ["ddp", "zero1", "zero2", "zero3"]
     specs = {s: json.loads((_run(lessons, s) / "spec.json").read_text()) for s in group["runs"]}
