@@ -18,6 +18,7 @@ st.navigation(
     [
         st.Page("views/train.py", title="Train", icon=":material/rocket_launch:", url_path="train", default=True),
         st.Page("views/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
         st.Page("views/whatif.py", title="What-if", icon=":material/calculate:", url_path="whatif"),
         st.Page("views/learn.py", title="Learn", icon=":material/school:", url_path="learn"),
     ]

@@ -26,6 +26,7 @@ FORM_FIELDS = {
     "eval_interval": "train_eval_interval",
     "seed": "train_seed",
     "memory_accurate": "train_memory_accurate",
+    "memory_budget_mb": "train_memory_budget_mb",
 }
 FORM_ERRORS = "train_form_errors"  # {JobSpec field or "": message} from the last Launch click
 CURRENT_RUN = "train_current_run"  # the run the Train page shows (also mirrored in the URL as ?run=)
@@ -59,3 +60,19 @@ def seed() -> None:
 def form_values() -> dict:
     """The Train form's current values, as JobSpec keyword arguments."""
     return {field: st.session_state[key] for field, key in FORM_FIELDS.items()}
+
+
+# ---- Compare view and Learn page (classroom lessons): which group of runs is open, the map's choices.
+COMPARE_GROUP = "compare_group"  # the group of runs the Compare page shows (also in the URL as ?group=)
+COMPARE_ERROR = "compare_error"  # why the last "Compare all four" click launched nothing
+MAP_STRATEGY = "map_strategy"  # sharding map: which strategy
+MAP_PHASE = "map_phase"  # sharding map: after which phase
+LEARN_MAP_RANKS = "learn_map_ranks"  # Learn page: ranks in the estimator's sharding map
+
+
+def seed_lessons() -> None:
+    st.session_state.setdefault(COMPARE_GROUP, None)
+    st.session_state.setdefault(COMPARE_ERROR, "")
+    st.session_state.setdefault(MAP_STRATEGY, "zero3")
+    st.session_state.setdefault(MAP_PHASE, "forward")
+    st.session_state.setdefault(LEARN_MAP_RANKS, 2)

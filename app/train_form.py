@@ -128,6 +128,11 @@ def render_train_form() -> None:
             st.number_input("Seed", min_value=0, step=1, key=keys["seed"])
             st.checkbox("Memory-accurate RSS (returns freed buffers to the OS; 20–40% slower on CPU)",
                         key=keys["memory_accurate"])
+            st.number_input("Memory budget per rank, MiB (0 = none; on CPU a simulated device of that size)",
+                            min_value=0, step=1, key=keys["memory_budget_mb"],
+                            help="A rank that needs more stops with 'rank r needs X MiB, budget Y MiB'. On a GPU the "
+                                 "CUDA allocator enforces it (torch.cuda.set_per_process_memory_fraction).")
+            _field_error("memory_budget_mb")
 
     _field_error("")
     st.button("Launch", type="primary", icon=":material/rocket_launch:", key="train_launch",

@@ -1,4 +1,4 @@
-"""Command line for headless and cluster use: python -m engine {train,summary,runs,cancel,torchrun-command,estimate}."""
+"""Command line for headless and cluster use: python -m engine {train,compare,summary,runs,cancel,torchrun-command,estimate}."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def cmd_train(args) -> int:
     status = launcher.wait(run_id, args.runs_dir, timeout_s=float("inf"))
     print(f"{status['state']}" + (f": {status['error']}" if status.get("error") else ""), file=sys.stderr)
     return 0 if status["state"] == "succeeded" else 1
+
+
+def cmd_compare(args) -> int:
+    from engine import compare
+
+    spec = spec_from_args(args)
+    group_id, runs = compare.launch_all(spec, args.runs_dir)
+    if not args.wait:
+        print(json.dumps({"group": group_id, "runs": runs}, indent=2), flush=True)
+        return 0
+    for run_id in runs.values():
+        launcher.wait(run_id, args.runs_dir, timeout_s=float("inf"))
+    report = compare.compare_report(group_id, args.runs_dir)
+    print(json.dumps(report, indent=2))
+    return 0 if all(state == "succeeded" for state in report["states"].values()) else 1
 
 
 def cmd_summary(args) -> int:
@@ -113,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_arguments(train)
     train.add_argument("--wait", action="store_true", help="block until the run ends; exit 1 unless it succeeded")
     train.set_defaults(handler=cmd_train)
+
+    compare = with_runs_dir(commands.add_parser(
+        "compare", help="launch ddp, zero1, zero2 and zero3 on one spec; prints their run ids as JSON"))
+    add_spec_arguments(compare)
+    compare.add_argument("--wait", action="store_true",
+                         help="block until all four end; print states, largest loss difference, traffic in Ψ")
+    compare.set_defaults(handler=cmd_compare)
 
     summary = with_runs_dir(commands.add_parser("summary", help="one JSON object describing a run"))
     summary.add_argument("run_id")

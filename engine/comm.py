@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import sys
 import threading
+import time
 from collections import defaultdict
 
 import torch
@@ -65,6 +67,11 @@ class CommCounter:
         self.total_payload_bytes = 0
         self._local = threading.local()
         self._originals: dict[str, object] = {}
+        # The ordered log of one step (see start_log): off (None) on every other step, so it costs nothing there.
+        self.log: list[dict] | None = None
+        self.phase = ""  # set by the worker: forward | backward | optimizer
+        self._log_t0 = 0.0
+        self._module_by_pointer: dict[int, str] = {}
 
     def install(self) -> "CommCounter":
         for name, (op, argument) in WATCHED.items():
@@ -94,6 +101,13 @@ class CommCounter:
                 entry[0] += 1
                 entry[1] += size
                 self.total_payload_bytes += size
+                if self.log is not None:
+                    payload = args[position] if len(args) > position else kwargs.get(argument)
+                    self.log.append({
+                        "op": op, "bytes": size, "phase": self.phase, "module": self._module_of(payload),
+                        # When the call was issued (not how long it took: async collectives end later).
+                        "issued_s": round(time.perf_counter() - self._log_t0, 6),
+                    })
             self._local.depth = depth + 1
             try:
                 return original(*args, **kwargs)
@@ -104,6 +118,41 @@ class CommCounter:
 
     def reset_step(self) -> None:
         self.step.clear()
+
+    # ------------------------------------------------------------------ the ordered log of one step
+
+    def name_parameters(self, model) -> None:
+        """Remembers which module owns each parameter's storage (ZeroRedundancyOptimizer broadcasts param.data)."""
+        for name, param in model.named_parameters():
+            local = getattr(param, "_local_tensor", param)
+            module = name.rsplit(".", 1)[0] if "." in name else "root"
+            self._module_by_pointer[local.data_ptr()] = module.removeprefix("module.")
+
+    def start_log(self) -> None:
+        self.log = []
+        self._log_t0 = time.perf_counter()
+
+    def take_log(self) -> list[dict]:
+        log, self.log = self.log or [], None
+        return log
+
+    def _module_of(self, payload) -> str:
+        """The module a collective serves, where it is known: a DDP bucket's modules, a parameter's owner, or the
+        FSDP unit whose parameter group issued it (read from the caller's frames, on the logged step only)."""
+        bucket = getattr(_ddp_bucket, "label", None)
+        if bucket:
+            return bucket
+        if isinstance(payload, torch.Tensor) and payload.data_ptr() in self._module_by_pointer:
+            return self._module_by_pointer[payload.data_ptr()]
+        frame = sys._getframe(2)
+        for _ in range(12):
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            if type(owner).__name__ == "FSDPParamGroup":
+                return getattr(owner, "_module_fqn", None) or "root"
+            frame = frame.f_back
+        return ""
 
     @contextlib.contextmanager
     def paused(self):
@@ -128,8 +177,24 @@ class CommCounter:
         return record
 
 
+_ddp_bucket = threading.local()  # the DDP bucket being all-reduced right now, for the collective log
+
+
 def register_counting_ddp_hook(ddp_model) -> None:
     """Route DDP's bucket all-reduces through Python's dist.all_reduce, where CommCounter sees them."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-    ddp_model.register_comm_hook(state=None, hook=default_hooks.allreduce_hook)
+    owners = {}
+    for name, param in ddp_model.module.named_parameters():
+        owners[param.data_ptr()] = name.rsplit(".", 1)[0] if "." in name else "root"
+
+    def allreduce_labelled(state, bucket):
+        # default_hooks.allreduce_hook itself, with the bucket's modules named for the collective log.
+        modules = dict.fromkeys(owners.get(p.data_ptr(), "?") for p in bucket.parameters())
+        _ddp_bucket.label = f"bucket {bucket.index()}: " + ", ".join(modules)
+        try:
+            return default_hooks.allreduce_hook(state, bucket)
+        finally:
+            _ddp_bucket.label = None
+
+    ddp_model.register_comm_hook(state=None, hook=allreduce_labelled)

@@ -197,6 +197,8 @@ def summary(path: Path) -> dict:
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "eval_accuracy": evals[-1]["eval_accuracy"] if evals else None,
         "per_rank": per_rank,
+        "collectives": collectives(records),
+        "memory_need": memory_need(records),
     }
 
 
@@ -207,3 +209,65 @@ def new_run_id(strategy: str, runs_dir: Path) -> str:
         if not (Path(runs_dir) / run_id).exists():
             return run_id
     raise RuntimeError("could not find a free run id")
+
+
+# ---------------------------------------------------------------- lessons: collective log, memory need, groups
+
+COLLECTIVES_KIND = "collectives"  # one record per rank: the ordered collectives of one steady-state step
+MEMORY_NEED_KIND = "memory_need"  # one record per rank: measured bytes needed after each phase (engine/budget.py)
+
+
+def collectives(records: list[dict], rank: int = 0) -> list[dict]:
+    """The ordered collective log of `rank` ({op, bytes, phase, module, issued_s} each); [] when not recorded."""
+    for r in records:
+        if r.get("kind") == COLLECTIVES_KIND and r.get("rank") == rank:
+            return [{**op, "step": r.get("step")} for op in r.get("ops", [])]
+    return []
+
+
+def memory_need(records: list[dict]) -> list[dict]:
+    """Per rank: {rank, need_bytes: {phase: bytes}, need_max_bytes, parts, budget_bytes, simulated}."""
+    found = {r["rank"]: r for r in records if r.get("kind") == MEMORY_NEED_KIND}
+    return [{k: v for k, v in found[rank].items() if k not in ("kind", "t")} for rank in sorted(found)]
+
+
+GROUP_SUFFIX = ".group.json"  # a file beside the run folders, never a folder: run listings skip it
+
+
+def write_group(members: dict[str, str], runs_dir: Path | None = None, kind: str = "compare") -> str:
+    """Records runs that belong together (strategy -> run id) so a view of all of them survives a reload."""
+    root = Path(runs_dir or runs_dir_default())
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        group_id = f"{stamp}-{kind}" + (f"-{n}" if n > 1 else "")
+        try:
+            with open(root / f"{group_id}{GROUP_SUFFIX}", "x") as f:  # exclusive: two clicks get two groups
+                f.write(json.dumps({"group_id": group_id, "kind": kind, "runs": members, "created_at": time.time()},
+                                   indent=2) + "\n")
+            return group_id
+        except FileExistsError:
+            continue
+    raise RuntimeError("could not find a free group id")
+
+
+def read_group(group_id: str, runs_dir: Path | None = None) -> dict:
+    root = Path(runs_dir or runs_dir_default())
+    path = root / f"{group_id}{GROUP_SUFFIX}"
+    if "/" in group_id or not path.is_file():
+        raise FileNotFoundError(f"no group '{group_id}' in {root.resolve()}")
+    return json.loads(path.read_text())
+
+
+def list_groups(runs_dir: Path | None = None, kind: str | None = None) -> list[dict]:
+    """Every readable group, newest first."""
+    root = Path(runs_dir or runs_dir_default())
+    groups = []
+    for path in root.glob(f"*{GROUP_SUFFIX}"):
+        try:
+            group = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if kind is None or group.get("kind") == kind:
+            groups.append(group)
+    return sorted(groups, key=lambda g: (g.get("created_at", 0), g.get("group_id", "")), reverse=True)

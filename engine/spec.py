@@ -73,6 +73,7 @@ class JobSpec:
     save_final_params: bool = False  # rank 0 writes the full final parameters (for equivalence checks)
     data_dir: str = ""  # where cifar10 lives; empty means ./data/cifar-10-batches-py
     fail_at_step: int = 0  # test hook: rank nproc-1 raises at this step (0 = never)
+    memory_budget_mb: int = 0  # per-rank device budget, MiB (0 = none); on CPU a simulated device (engine/budget.py)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,6 +102,11 @@ class JobSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{field} must be a whole number of at least 1 (got {value!r})", field)
+        if isinstance(self.memory_budget_mb, bool) or not isinstance(self.memory_budget_mb, int) or not (
+            0 <= self.memory_budget_mb <= 16 * 2**20
+        ):
+            raise SpecError(f"memory budget must be a whole number of MiB, 0 (none) to 16 TiB (got {self.memory_budget_mb!r})",
+                            "memory_budget_mb")
         if self.eval_interval < 0 or self.fail_at_step < 0:
             raise SpecError("eval_interval and fail_at_step must be 0 or more", "eval_interval")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr <= 10:

@@ -27,15 +27,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from engine.budget import MemoryNeed, cap_cuda_memory
 from engine.comm import CommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
 from engine.memory import DeviceMemory, ProcessMemory, model_state_bytes
 from engine.models import build_model, count_parameters
 from engine.registry import model_context
 from engine.spec import STRATEGIES, JobSpec
-from engine.strategies import after_optimizer_step, apply_strategy, build_optimizer, full_parameters
+from engine.strategies import after_optimizer_step, apply_strategy, build_optimizer, full_parameters, unwrap
 from engine.supervisor import die_with_parent  # if torchrun is SIGKILLed, its ranks die too
 
+MEASURED_STEPS = 2  # steps 1 and 2 measure the memory need (step 1 allocates, step 2 is the steady state)
 EVAL_ITEMS = 512  # held-out samples per evaluation, split evenly over the ranks
 DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # bf16: fp32 weights, bf16 compute
 
@@ -102,8 +104,21 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     param_count = count_parameters(model)
 
     comm = CommCounter(world_size).install() if spec.instrument else None
+    shard_units = model.shard_units
     model = apply_strategy(model, spec.strategy, device, spec.precision, count_comm=comm is not None)
     optimizer = build_optimizer(model, spec.strategy, spec.optimizer, spec.lr)
+    if comm:
+        comm.name_parameters(model)
+    # The memory wall: a GPU's allocator enforces the budget; a CPU rank checks its measured need against it.
+    if spec.memory_budget_mb and device.type == "cuda":
+        cap_cuda_memory(device, spec.memory_budget_mb)
+    cpu_budget_mb = spec.memory_budget_mb if device.type == "cpu" else 0
+    need = MemoryNeed(
+        unwrap(model), optimizer, shard_units, rank, cpu_budget_mb,
+        on_over_budget=lambda record: metrics.write(kind="memory_need", rank=rank, t=time.time(), over_budget=True,
+                                                    budget_bytes=cpu_budget_mb * 2**20, simulated=True, **record),
+    ) if (spec.instrument or cpu_budget_mb) else None
+    collectives_step = min(2, spec.steps)  # step 2 is the steady state (step 1 also builds Adam's state)
     # DDP/ZeRO-1 compute in bf16 under autocast; FSDP2 casts through its MixedPrecisionPolicy instead.
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
@@ -140,17 +155,41 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
 
         indices = rank_slice(global_batch_indices(step - 1, len(dataset), spec.global_batch, spec.seed), rank, world_size)
         x, y = on_device(*dataset.batch(indices), device, dtype)
+        measuring = need is not None and step <= MEASURED_STEPS
+        if measuring:
+            need.begin()
+        if comm:
+            comm.phase = "forward"
+            if step == collectives_step:
+                comm.start_log()
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, -2), y.flatten())
+        if measuring:
+            need.after("forward")
         memory = snapshot("forward") if logging_step else {}
+        if comm:
+            comm.phase = "backward"
         loss.backward()
+        if measuring:
+            need.after("backward")
         memory |= snapshot("backward") if logging_step else {}
+        if comm:
+            comm.phase = "optimizer"
         optimizer.step()
         after_optimizer_step(model, spec.strategy)
         # Keep gradient storage (zeroed, not freed): DDP's buckets hold it anyway, and the memory shown stays honest.
         optimizer.zero_grad(set_to_none=False)
+        if measuring:
+            need.after("step")
         memory |= snapshot("step") if logging_step else {}
+        if comm and step == collectives_step:
+            metrics.write(kind="collectives", step=step, rank=rank, t=time.time(), ops=comm.take_log())
+        if measuring and step == min(MEASURED_STEPS, spec.steps):
+            metrics.write(kind="memory_need", step=step, rank=rank, t=time.time(),
+                          budget_bytes=spec.memory_budget_mb * 2**20, simulated=device.type == "cpu", over_budget=False,
+                          **need.record())
+            need.close()
         if device.type == "cuda":
             torch.cuda.synchronize()  # a CPU-GPU sync point: the step is done only when the GPU is
         step_time_s = time.perf_counter() - t0

@@ -22,12 +22,31 @@ def test_learn_reproduces_the_zero_papers_figure_1():
     assert one_rank.nunique() == 1  # with one rank there is nothing to shard
 
 
-def test_learn_picture_has_every_rank_for_every_stage():
+def test_learn_map_labels_shards_from_the_estimator(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
     at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
-    at.slider(key="learn_ranks").set_value(3).run()
-    (grid,) = [frames[0] for frames in charts_by_title(at).values()]
-    assert len(grid) == 4 * 3 * 3 and set(grid["rank"]) == {"rank 0", "rank 1", "rank 2"}
-    assert "converges faster" in " ".join(m.value for m in at.markdown)
+    at.number_input(key="learn_map_ranks").set_value(3).run()
+    (grid,) = charts_by_title(at)["Who holds what after forward"]
+    assert set(grid["rank"]) == {"rank 0", "rank 1", "rank 2"}
+    params = grid[grid["category"] == "parameters"]
+    assert set(params["title"]) == {"shard 1 of 3", "shard 2 of 3", "shard 3 of 3"}  # ZeRO-3: every tensor sharded
+    at.segmented_control(key="map_strategy").set_value("zero1").run()
+    (grid,) = charts_by_title(at)["Who holds what after forward"]
+    assert set(grid[grid["category"] == "optimizer state"]["title"]) == {"owner"}  # whole tensors, uneven shares
+    text = " ".join(m.value for m in at.markdown)
+    assert "converges faster" in text and "Compare page" in text  # no compare group yet: where to find evidence
+    table = at.dataframe[0].value.set_index("stage")
+    assert table.loc["ZeRO-1", "what PyTorch sends here"] == "all-reduce Ψ + broadcast Ψ = 3Ψ"
+
+
+def test_misconceptions_link_to_the_latest_compare(tmp_path, monkeypatch):
+    from engine import runstore
+
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    group = runstore.write_group({"ddp": "x"}, tmp_path)
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    text = " ".join(m.value for m in at.markdown)
+    assert f"(compare?group={group}#loss)" in text and f"(compare?group={group}#traffic)" in text
 
 
 def test_entry_point_lists_the_four_pages(tmp_path, monkeypatch):

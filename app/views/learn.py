@@ -1,65 +1,134 @@
-"""Learn page: who holds which shard, memory and communication per rank from the ZeRO paper, common misconceptions."""
+"""Learn page: who holds which shard when, memory and traffic per rank, and what the seed article got wrong.
+
+Every number comes from engine.estimate (the ZeRO paper's model and this engine's exact mode), from
+engine.sharding, or from real runs; the page types no formula of its own."""
 
 import pandas as pd
 import streamlit as st
+import altair as alt
 
-from app import charts
+from app import lesson_charts, state
+from app.compare_view import map_controls
+from app.run_data import runs_dir
+from engine import runstore
+from engine.compare import ENGINE_PAYLOAD_PSI, ORDER, engine_traffic_psi
+from engine.estimate import bytes_per_param, comm_volume, estimate_model_states
+from engine.registry import MODELS
+from engine.sharding import map_for_phase
+from engine.spec import STRATEGIES
+
+state.seed_lessons()
+LABELS = {s: STRATEGIES[s]["label"] for s in ORDER}
+OPS = {"all_reduce": "all-reduce", "broadcast": "broadcast", "all_gather": "all-gather", "reduce_scatter": "reduce-scatter"}
 
 st.title("Learn: DDP and the three ZeRO stages")
-
 st.markdown(
-    """
-**Data parallelism.** Every rank (one process, one GPU or a share of the CPU) runs the **full forward and backward
-pass on its own slice** of each global batch. The ranks then combine their gradients so that all of them apply the
-**same update**. DDP keeps a full copy of everything on every rank; ZeRO removes the copies by giving each rank a
-1/N shard of the optimizer state (stage 1), also of the gradients (stage 2), and also of the parameters (stage 3).
-"""
+    "Every rank runs the **full forward and backward pass on its own slice** of the batch, and all ranks apply the "
+    "**same update**. DDP keeps a full copy of everything on every rank. ZeRO gives each rank one shard of the "
+    "optimizer state (stage 1), also of the gradients (stage 2), and also of the parameters (stage 3)."
 )
-n_ranks = st.slider("Ranks in the picture", 2, 8, 4, key="learn_ranks")
-st.altair_chart(charts.shard_layout_chart(n_ranks))
-st.caption("Blue: every rank holds the whole thing. Yellow: each rank holds one 1/N shard; the shards together make "
-           "one copy. ZeRO-3 gathers each layer's parameters just before it computes and frees them after.")
 
-st.subheader("Memory and communication per rank", anchor=False)
-st.markdown(
-    "For mixed-precision Adam (the ZeRO paper's setting) a model of Ψ parameters needs 2Ψ bytes of fp16 parameters, "
-    "2Ψ of fp16 gradients and 12Ψ of optimizer state (fp32 master weights, momentum and variance) — 16Ψ in all. "
-    "Communication is counted in the paper's way: an all-reduce is a reduce-scatter plus an all-gather, so it moves 2Ψ."
+# ------------------------------------------------------------------ who holds what, when
+st.subheader("Who holds what, when", anchor="who-holds-what")
+c1, c2, c3 = st.columns([1.2, 1, 3])
+model = c1.selectbox("Model", ["mlp", "cnn", "gpt"], key="learn_map_model")
+ranks = c2.number_input("Ranks", 1, 8, key=state.LEARN_MAP_RANKS)
+
+
+def spec_of(strategy: str) -> dict:
+    return {"model": model, "size": "tiny", "dataset": "text" if model == "gpt" else "digits", "nproc": int(ranks),
+            "strategy": strategy, "precision": "fp32", "optimizer": "adam"}
+
+
+strategy, phase = map_controls(list(ORDER), spec_of, st.container(), st.container())
+st.altair_chart(lesson_charts.sharding_map_chart(map_for_phase(spec_of(strategy), phase), phase))
+st.caption(f"{model} tiny ({', '.join(f'{k} {v}' for k, v in MODELS[model].presets['tiny'].items())}), fp32 Adam, "
+           "computed from the model's parameter shapes by the estimator's exact engine mode: a real run of this "
+           "spec measures these same bytes (check it on the Compare page). Blue: a full copy. Yellow: shard k of N, "
+           "rows a..b of that tensor. Pink: ZeRO-1 gives each rank *whole* tensors, so the shares are uneven. "
+           "Pick ZeRO-3 and an *inside …* moment to see a layer gathered in full while it computes.")
+
+# ------------------------------------------------------------------ memory and traffic per rank
+st.subheader("Memory and traffic per rank", anchor="memory-and-traffic")
+left, right = st.columns(2)
+psi_b = left.number_input("Ψ, parameters (billions)", min_value=0.001, value=7.5, step=0.5, key="learn_psi")
+n = right.number_input("N, ranks", min_value=1, value=64, step=1, key="learn_n")
+psi = int(round(psi_b * 1e9))
+groups = runstore.list_groups(runs_dir(), kind="compare")
+measured = {}
+if groups:
+    from engine.compare import compare_report
+
+    try:
+        measured = compare_report(groups[0]["group_id"], runs_dir())["traffic_psi"]
+    except (FileNotFoundError, ValueError, KeyError):
+        measured = {}
+table = []
+for stage, strategy_name in enumerate(ORDER):
+    replicated, sharded = bytes_per_param(stage, "bf16", "adam")
+    states = estimate_model_states(psi, int(n), stage, "bf16", "adam")
+    paper = comm_volume(psi, stage, "bf16")
+    ops = " + ".join(f"{OPS[op]} {k if k > 1 else ''}Ψ" for op, k in ENGINE_PAYLOAD_PSI[strategy_name].items())
+    table.append({
+        "stage": LABELS[strategy_name],
+        "bytes per parameter": f"{replicated} + {sharded}/N" if sharded and replicated else
+                               (f"{sharded}/N" if sharded else f"{replicated}"),
+        "GB per rank (10^9 bytes)": round(states.total_bytes / 1e9, 2),
+        "traffic per step": f"{paper['elements'] / psi:g}Ψ",
+        "what PyTorch sends here": f"{ops} = {engine_traffic_psi(strategy_name):g}Ψ",
+        "measured in your last compare": f"{measured[strategy_name]:.2f}Ψ" if strategy_name in measured else "–",
+    })
+frame = pd.DataFrame(table)
+chart = (
+    alt.Chart(frame, title=f"Model state per rank, Ψ = {psi_b:g} billion, N = {int(n)}")
+    .mark_bar()
+    .encode(x=alt.X("stage:N", sort=None, title=None, axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("GB per rank (10^9 bytes):Q"),
+            color=alt.Color("stage:N", scale=alt.Scale(domain=lesson_charts.STRATEGY_ORDER,
+                                                       range=lesson_charts.STRATEGY_COLORS), legend=None),
+            tooltip=list(frame.columns))
+    .properties(height=220)
 )
-psi_b = st.number_input("Ψ, parameters (billions)", min_value=0.001, value=7.5, step=0.5, key="learn_psi")
-n = st.number_input("N, ranks", min_value=1, value=64, step=1, key="learn_n")
-psi = psi_b * 1e9
-stages = [
-    ("DDP", "16Ψ", 16 * psi, "2Ψ", "all-reduce the gradients"),
-    ("ZeRO-1", "4Ψ + 12Ψ/N", 4 * psi + 12 * psi / n, "2Ψ", "reduce-scatter gradients, all-gather parameters"),
-    ("ZeRO-2", "2Ψ + 14Ψ/N", 2 * psi + 14 * psi / n, "2Ψ", "reduce-scatter gradients, all-gather parameters"),
-    ("ZeRO-3", "16Ψ/N", 16 * psi / n, "3Ψ", "all-gather parameters for forward and for backward, reduce-scatter gradients"),
+st.altair_chart(chart, width="stretch")
+st.dataframe(frame, hide_index=True)
+st.caption("Mixed-precision Adam, the ZeRO paper's setting (engine.estimate.estimate_model_states and comm_volume); "
+           "Ψ = 7.5 billion on N = 64 ranks is the paper's Figure 1. Traffic uses the paper's convention: an "
+           "all-reduce counts twice its payload (a reduce-scatter plus an all-gather). **ZeRO-1 in PyTorch** "
+           "(ZeroRedundancyOptimizer) keeps DDP's all-reduce of the full gradients and then broadcasts each updated "
+           "parameter from its owner: 3Ψ, not the paper's 2Ψ. Activations and buffers come on top of these bytes.")
+
+# ------------------------------------------------------------------ misconceptions, each with its evidence
+st.subheader("Common misconceptions", anchor="misconceptions")
+group = groups[0]["group_id"] if groups else None
+walls = runstore.list_groups(runs_dir(), kind="memory_wall")
+
+
+def evidence(anchor: str, what: str, group_id: str | None = group) -> str:
+    if group_id:
+        return f"[{what}](compare?group={group_id}#{anchor})"
+    return f"{what} (press *Compare all four* on the [Compare page](compare) first)"
+
+
+MISCONCEPTIONS = [
+    ("“ZeRO converges faster than DDP.”",
+     "No. With the same data order and seed all four compute the *same* update; the curves differ only by rounding.",
+     evidence("loss", "The four loss curves and their largest difference")),
+    ("“With ZeRO each rank computes only its shard's gradients.”",
+     "No. Every rank runs the full forward and backward on its own data; ZeRO splits where the state is *stored*.",
+     evidence("collectives", "ZeRO-3 gathers every layer in full before it computes")),
+    ("“ZeRO communicates less.”",
+     "No. ZeRO-2 moves as much as DDP, ZeRO-3 half as much again; PyTorch's ZeRO-1 even moves 3Ψ.",
+     evidence("traffic", "Traffic per step, measured")),
+    ("“A ZeRO demo is DDP plus a few extra calls.”",
+     "If nothing is partitioned, memory per rank does not drop. Real ZeRO makes it drop, stage by stage.",
+     evidence("memory", "The staircase of memory per rank")),
+    ("“ZeRO is only bookkeeping; it changes nothing you can feel.”",
+     "It decides what fits: the same model under the same budget fails under DDP and trains under ZeRO-3.",
+     evidence("wall", "The memory wall demo", walls[0]["group_id"] if walls else None)
+     if walls else "The memory wall (press *Memory wall demo* on the [Compare page](compare))"),
+    ("“Calling all-reduce on `model.parameters()` is DDP.”",
+     "Collectives take tensors, and DDP all-reduces gradients in buckets *during* backward.",
+     evidence("collectives", "DDP's bucketed all-reduce in the timeline")),
 ]
-st.dataframe(
-    pd.DataFrame(
-        [{"stage": s, "bytes per rank": f, "GB per rank (10^9 bytes)": round(b / 1e9, 2), "traffic per step": c,
-          "collectives": how} for s, f, b, c, how in stages]
-    ),
-    hide_index=True,
-)
-st.caption("With Ψ = 7.5 billion and N = 64 this is the paper's Figure 1: 120 GB, 31.4 GB, 16.6 GB and 1.9 GB per rank. "
-           "Activations, temporary buffers and fragmentation come on top. ShardLab's runs use fp32 Adam "
-           "(4Ψ parameters + 4Ψ gradients + 8Ψ optimizer state = 16Ψ as well). PyTorch's ZeroRedundancyOptimizer, "
-           "used for ZeRO-1 here, all-reduces full gradients and then broadcasts updated parameters: 3Ψ, not 2Ψ.")
-
-st.subheader("Common misconceptions", anchor=False)
-st.markdown(
-    """
-- **“ZeRO converges faster than DDP.”** No. With the same data order and seed, DDP and all three ZeRO stages compute
-  the *same* update; their loss curves differ only by floating-point rounding. Compare runs on the Runs page: the
-  curves overlap.
-- **“With ZeRO each rank computes only its shard's gradients.”** No. Every rank runs the full forward and backward on
-  its own data. ZeRO partitions the *storage* of optimizer state, gradients and parameters, not the computation.
-- **“ZeRO communicates less.”** Stages 1 and 2 move the same 2Ψ per step as DDP; stage 3 moves 3Ψ. ZeRO trades
-  memory for (at most 1.5×) communication.
-- **“Calling all-reduce on `model.parameters()` is DDP.”** Collectives take tensors, and DDP overlaps bucketed
-  gradient all-reduces with the backward pass. Use `DistributedDataParallel`; write collectives by hand only to learn.
-- **“A ZeRO demo is DDP plus a few extra calls.”** If nothing is partitioned, memory per rank does not drop. Look at
-  the memory-per-rank chart of a run: the bars shrink from DDP to ZeRO-3.
-"""
-)
+for claim, truth, link in MISCONCEPTIONS:
+    st.markdown(f"- **{claim}** {truth} *Evidence:* {link}.")

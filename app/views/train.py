@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import state
+from app.compare_view import compare_button
 from app.run_view import show_run
 from app.train_form import render_train_form
 
@@ -13,6 +14,7 @@ if run_id:
     # The run is the point of this page now: the form folds away above it, one click to reopen.
     with st.expander("New run: model, ranks, strategy", icon=":material/tune:"):
         render_train_form()
+        compare_button()
     show_run(run_id, key="train")
 else:
     st.caption("Pick a model, a number of ranks and a strategy, then press Launch: a real `torchrun` job starts, "
@@ -20,3 +22,4 @@ else:
                "(a tiny MLP on handwritten digits, 2 CPU ranks, DDP) train in seconds.")
     with st.container(border=True):
         render_train_form()
+        compare_button()

@@ -1,0 +1,43 @@
+"""Compare page: all four strategies on one spec and seed, filling in as they train; the memory wall demo."""
+
+import streamlit as st
+
+from app import state
+from app.compare_view import launch_compare_from_form, launch_wall, show_group
+from app.run_data import runs_dir
+from engine import runstore
+from engine.compare import WALL_SPEC
+
+state.seed()
+state.seed_lessons()
+st.title("Compare: DDP and ZeRO, side by side")
+
+from_url = st.query_params.get("group")
+if from_url:
+    st.session_state[state.COMPARE_GROUP] = from_url
+groups = runstore.list_groups(runs_dir())
+ids = [g["group_id"] for g in groups]
+kinds = {g["group_id"]: g.get("kind", "compare") for g in groups}
+
+left, middle, right = st.columns([3, 1.2, 1.2], vertical_alignment="bottom")
+if st.session_state[state.COMPARE_GROUP] not in ids:
+    st.session_state[state.COMPARE_GROUP] = ids[0] if ids else None
+group_id = left.selectbox(
+    "Group of runs", ids, key=state.COMPARE_GROUP, placeholder="No group yet: launch one",
+    format_func=lambda g: f"{g} · {'memory wall' if kinds[g] == 'memory_wall' else 'all four'}",
+)
+middle.button("Compare all four", icon=":material/compare_arrows:", key="compare_launch",
+              on_click=launch_compare_from_form, type="primary",
+              help="DDP, ZeRO-1, ZeRO-2 and ZeRO-3 with the Train form's settings (default: a tiny MLP, 2 ranks).")
+right.button("Memory wall demo", icon=":material/block:", key="compare_wall", on_click=launch_wall,
+             help=f"{WALL_SPEC.model} {WALL_SPEC.size}, {WALL_SPEC.nproc} ranks, budget {WALL_SPEC.memory_budget_mb} MiB "
+                  "per rank: DDP and ZeRO-3.")
+if st.session_state[state.COMPARE_ERROR]:
+    st.error(st.session_state[state.COMPARE_ERROR], icon=":material/error:")
+if group_id:
+    st.query_params["group"] = group_id
+    show_group(group_id)
+else:
+    st.info("Press **Compare all four**: four real torchrun jobs start, one per strategy, on the same model, data "
+            "and seed, and this page fills in as they train (about a minute on two CPU cores).",
+            icon=":material/info:")
