@@ -134,10 +134,9 @@ def capacity_from_gib(gib, name: str = "--gpu-mem") -> int:
     """GiB (a float) -> bytes, refusing inf, nan, <= 0 and more than 1 PiB with one line."""
     if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib) or gib <= 0:
         raise EstimateError(f"{name} must be a positive number of GiB (got {gib})")
-    value = int(gib * GIB)
-    if value > MAX_CAPACITY_BYTES or value < 1:
+    if gib * GIB > MAX_CAPACITY_BYTES or gib * GIB < 1:
         raise EstimateError(f"{name} must be between 1 byte and {MAX_CAPACITY_BYTES // GIB:,} GiB (got {gib})")
-    return value
+    return int(gib * GIB)
 
 
 def format_count(n: int) -> str:
