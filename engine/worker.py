@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from engine.comm import CommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
-from engine.memory import DeviceMemory, ProcessMemory, model_state_bytes
+from engine.memory import DeviceMemory, ProcessMemory, SavedActivations, model_state_bytes
 from engine.models import build_model, count_parameters
 from engine.registry import model_context
 from engine.spec import STRATEGIES, JobSpec
@@ -111,6 +111,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         else nullcontext()
     )
     process_memory, device_memory = ProcessMemory(), DeviceMemory(device)
+    saved_activations = SavedActivations()  # bytes kept for backward, counted on logged steps only
     metrics.write(
         kind="start", rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
         backend=backend, device=str(device), param_count=param_count,
@@ -140,9 +141,11 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
 
         indices = rank_slice(global_batch_indices(step - 1, len(dataset), spec.global_batch, spec.seed), rank, world_size)
         x, y = on_device(*dataset.batch(indices), device, dtype)
+        saved_activations.start(enabled=logging_step and spec.instrument)
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, -2), y.flatten())
+        activation_bytes = saved_activations.stop()
         memory = snapshot("forward") if logging_step else {}
         loss.backward()
         memory |= snapshot("backward") if logging_step else {}
@@ -161,6 +164,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
                 loss=loss.item(), step_time_s=step_time_s, samples_per_s=spec.global_batch / step_time_s,
                 rss_bytes=process_memory.rss_bytes(), peak_rss_bytes=process_memory.peak_rss_bytes(),
             )
+            if activation_bytes is not None:
+                record["activation_bytes"] = activation_bytes
             if comm:
                 record |= comm.step_metrics()
             with comm.paused() if comm else nullcontext():  # bookkeeping, not the strategy's traffic

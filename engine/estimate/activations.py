@@ -5,6 +5,7 @@ ZeRO does not shard activations: every rank keeps those of its own micro-batch a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from engine.architectures import TransformerConfig
@@ -20,6 +21,7 @@ class Activations:
     output_bytes: int  # final norm, output projection input, fp32 logits for the loss, embedding dropout
     recompute: str
     attention: str = "flash"
+    weight_copies_bytes: int = 0  # bf16 autocast keeps a 16-bit copy of each matmul weight for backward
 
     @property
     def layers_bytes(self) -> int:
@@ -27,7 +29,7 @@ class Activations:
 
     @property
     def total_bytes(self) -> int:
-        return self.layers_bytes + self.output_bytes
+        return self.layers_bytes + self.output_bytes + self.weight_copies_bytes
 
 
 def activation_bytes_for(precision: str) -> int:
@@ -48,7 +50,7 @@ def estimate_activations(
 
     eager attention, 16-bit activations, 1-byte dropout masks and a GELU MLP of 4h: exactly the paper's
     sbh(34 + 5as/h) per layer. flash (torch SDPA, FlashAttention): the a*s^2 scores are never stored; the
-    kernel keeps its output and an fp32 log-sum-exp per head and token instead. Selective recomputation
+    kernel keeps an fp32 log-sum-exp per head and token instead. Selective recomputation
     keeps 34sbh (drops the score terms); full recomputation keeps only each layer's input (sbh elements).
     """
     whole("micro-batch size", micro_batch, 1, MAX_BATCH)
@@ -80,9 +82,9 @@ def estimate_activations(
             # Softmax output (a s^2 b), and with dropout its mask (1 byte) and dropout output.
             per_layer += a * s * s * b * (e + (mask + e) * mask)
         elif recompute == "none":
-            # The fused kernel saves its own output (the projection input is a reshaped copy) and the
-            # fp32 log-sum-exp of each head's softmax.
-            per_layer += tokens * (cfg.q_dim * e + a * 4)
+            # The fused kernel keeps only an fp32 log-sum-exp per head and token; its output, laid out
+            # (b, s, heads, head_dim), is the output projection's input already counted above.
+            per_layer += tokens * a * 4
     # Outside the layers: final norm and output-projection inputs, fp32 (or wider) logits for the loss,
     # embedding dropout mask (Korthikanti et al. §4.3: 4sbh + 4sbv at 16 bits).
     output = tokens * (2 * h * e + max(4, e) * cfg.vocab_size + h * mask)
@@ -108,13 +110,25 @@ def registry_transformer(model: str, size: str, dataset: str) -> TransformerConf
 def activations_for_spec(spec: dict) -> Activations | None:
     """What one rank of a ShardLab GPT run keeps for backward (torch SDPA: flash), None for image models.
 
-    Each rank's micro-batch is global_batch // world size; DDP/ZeRO-1 under bf16 autocast store 16-bit
-    activations, FSDP2's bf16 policy too; fp32 and fp64 runs store their own dtype.
+    Each rank's micro-batch is global_batch // world size. bf16 runs store 16-bit activations; under DDP and
+    ZeRO-1 (torch.autocast) every linear layer's weight is also cast and its 16-bit copy kept for backward,
+    while FSDP2 (ZeRO-2/3) gathers the parameters in bf16 already. fp32 and fp64 runs store their own dtype.
     """
+    from dataclasses import replace
+
+    from engine.estimate.exact import engine_param_shapes
+
     arch = registry_transformer(spec["model"], spec["size"], spec["dataset"])
     if arch is None:
         return None
     world = spec.get("nproc", 1) * spec.get("nnodes", 1)
     micro_batch = max(1, spec["global_batch"] // world)
-    return estimate_activations(arch, micro_batch, arch.context, "none", activation_bytes_for(spec.get("precision", "fp32")),
-                                dropout=False, attention="flash")
+    precision = spec.get("precision", "fp32")
+    act = estimate_activations(arch, micro_batch, arch.context, "none", activation_bytes_for(precision),
+                               dropout=False, attention="flash")
+    if precision == "bf16" and spec.get("strategy") in ("ddp", "zero1"):
+        shapes = engine_param_shapes(spec["model"], spec["size"], spec["dataset"])
+        linear = sum(math.prod(shape) for name, shape in shapes
+                     if len(shape) == 2 and not name.startswith(("token.", "position.")))  # embeddings are not cast
+        act = replace(act, weight_copies_bytes=2 * linear)
+    return act
