@@ -33,6 +33,13 @@ LINE_TITLE = "Memory per GPU vs GPUs"
 COMPARE_TITLE = "Model state per rank: predicted vs measured"
 
 
+TITLE_PADDING = {"top": 12, "left": 5, "right": 5, "bottom": 5}  # room above the title: Streamlit crops a flush one
+
+
+def _title(text: str, subtitle: str) -> alt.TitleParams:
+    return alt.TitleParams(text, subtitle=["the busiest rank", subtitle] if subtitle else "the busiest rank", anchor="start")
+
+
 def _capacity_layer(capacity_bytes: int | None, divisor: float, label: str, top: float):
     """(rule layer or None, subtitle): the rule when capacity is on the bars' scale, else a subtitle line."""
     if capacity_bytes is None:
@@ -74,7 +81,7 @@ def stage_bar_chart(
     )
     rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor)
     chart = (bars + rule) if rule is not None else bars
-    return chart.properties(title=alt.TitleParams(BAR_TITLE, subtitle=["the busiest rank", subtitle], anchor="start"))
+    return chart.properties(title=_title(BAR_TITLE, subtitle), padding=TITLE_PADDING)
 
 
 def ranks_line_chart(
@@ -98,7 +105,7 @@ def ranks_line_chart(
     )
     rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor)
     chart = (lines + rule) if rule is not None else lines
-    return chart.properties(title=alt.TitleParams(LINE_TITLE, subtitle=["the busiest rank", subtitle], anchor="start"))
+    return chart.properties(title=_title(LINE_TITLE, subtitle), padding=TITLE_PADDING)
 
 
 def predicted_vs_measured_chart(rows: pd.DataFrame) -> alt.Chart:

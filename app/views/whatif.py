@@ -72,9 +72,15 @@ with st.sidebar:
     default_model = "pytorch" if source is not None and source.kind == "shardlab" else "paper"
     source_kind = source.kind if source is not None else None
     if st.session_state.get(KEYS["memory_model"]) not in models or st.session_state.get(KEYS["memory_model_for"]) != source_kind:
-        # A new kind of source brings its default: the exact model for ShardLab's own, the paper's otherwise.
+        # A new kind of source brings its defaults: for ShardLab's own models the exact model and no GPU
+        # overheads (its runs measure model states, on CPU here); for the others the paper's and the overheads.
         st.session_state[KEYS["memory_model_for"]] = source_kind
         st.session_state[KEYS["memory_model"]] = default_model
+        shardlab = source_kind == "shardlab"
+        st.session_state[KEYS["context"]] = 0.0 if shardlab else est.DEFAULT_CONTEXT_BYTES / est.GIB
+        st.session_state[KEYS["reserve"]] = 0 if shardlab else est.DEFAULT_RESERVE_PCT
+    st.session_state.setdefault(KEYS["context"], est.DEFAULT_CONTEXT_BYTES / est.GIB)
+    st.session_state.setdefault(KEYS["reserve"], est.DEFAULT_RESERVE_PCT)
     memory_model = st.radio(
         "Count memory as", models, key=KEYS["memory_model"], format_func=MEMORY_MODEL_LABELS.get,
         help="PyTorch's needs every parameter's shape: an architecture, a config.json or a ShardLab model.",
@@ -137,13 +143,13 @@ with st.sidebar:
                     ).total_bytes
                 except ValueError as err:
                     problem = problem or str(err)
-    with st.expander("Overheads (on by default; set yours)"):
+    with st.expander("Overheads (on by default for GPUs; set yours)"):
         context_gib = st.number_input(
-            "CUDA context and workspaces (GiB)", 0.0, 1000.0, est.DEFAULT_CONTEXT_BYTES / est.GIB, step=0.25,
+            "CUDA context and workspaces (GiB)", 0.0, 1000.0, step=0.25,
             key=KEYS["context"], help="CUDA context, cuBLAS/cuDNN/NCCL workspaces and the framework: 0.5-1 GiB is common.",
         )
         reserve_pct = st.number_input(
-            "Allocator reserve (% of allocated)", 0, 100, est.DEFAULT_RESERVE_PCT, key=KEYS["reserve"],
+            "Allocator reserve (% of allocated)", 0, 100, key=KEYS["reserve"],
             help="The caching allocator's fragmentation and rounding: what nvidia-smi shows beyond what tensors hold.",
         )
         comm_mib = st.number_input(
@@ -187,7 +193,7 @@ except ValueError as err:
     st.stop()
 
 divisor, unit = display_unit(max(r["total_bytes"] for r in rows), decimal)
-fmt = lambda b: format_bytes(b, decimal)
+fmt = lambda b: format_bytes(b, decimal, digits=4)  # 4 digits: 1,020 KiB, never 1.02e+03
 gpu_label = gpu if gpu != CUSTOM_GPU else f"custom {capacity_bytes / est.GIB:g} GiB"
 active = f" ({est.format_count(source.active_params)} active per token)" if source.active_params else ""
 st.markdown(
