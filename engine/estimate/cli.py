@@ -262,13 +262,14 @@ def format_report(report: dict, decimal: bool = False) -> str:
         lines.append("(ranks differ: the busiest is shown; --json lists every distinct rank)")
     offloaded = [r for r in rows if r["entry"]["offloaded"]]
     if offloaded:
-        worst = max(offloaded, key=lambda r: r["cpu_bytes"])
-        lines.append(f"offloaded to host memory per rank ({STAGE_LABELS[worst['entry']['stage']]}): "
-                     f"{size(worst['cpu_bytes'])} {unit}; DDP offloads nothing" if rows[0]["entry"]["stage"] == 0 else
-                     f"offloaded to host memory per rank: up to {size(worst['cpu_bytes'])} {unit}")
-    host = ", ".join(f"{STAGE_LABELS[r['entry']['stage']]} {size(r['entry']['host_bytes_per_node'])}" for r in rows)
+        lines.append("offloaded to host memory per rank (" + unit + "): "
+                     + ", ".join(f"{STAGE_LABELS[r['entry']['stage']]} {size(r['cpu_bytes'])}" for r in offloaded)
+                     + ("; DDP offloads nothing" if any(r["entry"]["stage"] == 0 for r in rows) else ""))
+    fits_host = lambda e: "" if e.get("fits_host") is None else (" fits" if e["fits_host"] else " does not fit")
+    host = ", ".join(f"{STAGE_LABELS[r['entry']['stage']]} {size(r['entry']['host_bytes_per_node'])}{fits_host(r['entry'])}"
+                     for r in rows)
     lines.append(f"host memory per node ({unit}): {host}"
-                 + (f"; available {size(report['host_capacity_bytes_per_node'])}" if report["host_capacity_bytes_per_node"] else ""))
+                 + (f" (available {size(report['host_capacity_bytes_per_node'])})" if report["host_capacity_bytes_per_node"] else ""))
     if report["unknown_config_keys"]:
         lines.append(f"config.json keys not used (check they do not change the model): {', '.join(report['unknown_config_keys'])}")
     return "\n".join(lines)

@@ -34,7 +34,8 @@ ADDITIONAL_BUFFER_FACTOR = 1.5  # DeepSpeed's own default in both estimators
 LEAVES_OUT = (
     "communication buckets (reduce_bucket_size, allgather_bucket_size: add them as overheads)",
     "ZeRO-3 prefetch beyond the largest layer (stage3_prefetch_bucket_size, stage3_max_live_parameters)",
-    "stages 0 and 1: DeepSpeed publishes no estimator; they follow ZeRO-2's terms without sharded 16-bit grads",
+    "a published estimator for stages 0 and 1 (there is none: here ZeRO-2's terms, nothing sharded at stage 0, "
+    "full 16-bit grads at stage 1)",
 )
 
 
