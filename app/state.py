@@ -51,6 +51,7 @@ def form_values() -> dict:
     """The Train form's current values, as JobSpec keyword arguments."""
     return {field: st.session_state[key] for field, key in FORM_FIELDS.items()}
 
+
 # What-if page: every widget's session-state key, named once (the widgets own their values).
 WHATIF_KEYS = {
     "source": "whatif_source",
