@@ -197,10 +197,14 @@ fmt = lambda b: format_bytes(b, decimal, digits=4)  # 4 digits: 1,020 KiB, never
 gpu_label = gpu if gpu != CUSTOM_GPU else f"custom {capacity_bytes / est.GIB:g} GiB"
 active = f" ({est.format_count(source.active_params)} active per token)" if source.active_params else ""
 st.markdown(
-    f"**{source.label}**: Ψ = **{est.format_count(source.num_params)}** parameters ({source.num_params:,}){active} "
+    ("" if source.kind == "count" else f"**{source.label}**: ")
+    + f"Ψ = **{est.format_count(source.num_params)}** parameters ({source.num_params:,}){active} "
     f"on **{nodes:,} node{'s' if nodes > 1 else ''} x {per_node:,} GPUs** (N = {ranks:,}), {precision}, {optimizer}"
 )
 st.caption(est.memory_model_note(memory_model))
+if memory_model == "deepspeed" and not source.largest_layer_params:
+    st.caption("Largest layer unknown (a bare parameter count): DeepSpeed's ZeRO-3 gathered-layer buffers count as 0 "
+               "here; give it in the sidebar.")
 if source.unknown_keys:
     st.warning(f"config.json keys not used (check they do not change the model): {', '.join(source.unknown_keys)}",
                icon=":material/warning:")
