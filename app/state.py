@@ -62,6 +62,43 @@ def form_values() -> dict:
     return {field: st.session_state[key] for field, key in FORM_FIELDS.items()}
 
 
+# What-if page: every widget's session-state key, named once (the widgets own their values).
+WHATIF_KEYS = {
+    "source": "whatif_source",
+    "arch": "whatif_arch",
+    "model": "whatif_model",
+    "size": "whatif_size",
+    "dataset": "whatif_dataset",
+    "params": "whatif_params",
+    "largest_layer": "whatif_largest_layer",
+    "config": "whatif_config",
+    "memory_model": "whatif_memory_model",
+    "memory_model_for": "whatif_memory_model_default_for",  # not a widget: the source kind that default was for
+    "nodes": "whatif_nodes",
+    "ranks": "whatif_ranks",  # GPUs per node
+    "precision": "whatif_precision",
+    "engine_precision": "whatif_engine_precision",
+    "optimizer": "whatif_optimizer",
+    "offload": "whatif_offload",
+    "offload_params": "whatif_offload_params",
+    "prefetch": "whatif_prefetch_depth",
+    "gpu": "whatif_gpu",
+    "gpu_custom": "whatif_gpu_custom_gib",
+    "host_mem": "whatif_host_mem_gib",
+    "units": "whatif_units",
+    "batch": "whatif_batch",
+    "seq": "whatif_seq",
+    "recompute": "whatif_recompute",
+    "attention": "whatif_attention",
+    "dropout": "whatif_dropout",
+    "context": "whatif_context_gib",
+    "reserve": "whatif_reserve_pct",
+    "comm": "whatif_comm_buffers_mib",
+    "run": "whatif_run",
+    "arch_seen": "whatif_activation_defaults_for",  # not a widget: the architecture the defaults above belong to
+}
+
+
 # ---- Compare view and Learn page (classroom lessons): which group of runs is open, the map's choices.
 COMPARE_GROUP = "compare_group"  # the group of runs the Compare page shows (also in the URL as ?group=)
 COMPARE_ERROR = "compare_error"  # why the last "Compare all four" click launched nothing

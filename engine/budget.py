@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.memory import model_state_bytes
+from engine.memory import SavedActivations, model_state_bytes
 
 MIB = 2**20
 PHASE_WORDS = {"forward": "after the forward pass", "backward": "after the backward pass", "step": "after the optimizer step"}
@@ -50,44 +50,36 @@ class MemoryNeed:
     each phase, which also enforces the budget), keeping the largest need seen for each phase."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, shard_units: list[torch.nn.Module],
-                 rank: int, budget_mb: int, on_over_budget=lambda record: None):
+                 rank: int, budget_mb: int, saved: SavedActivations, on_over_budget=lambda record: None):
         self.model, self.optimizer, self.rank, self.budget_mb = model, optimizer, rank, budget_mb
         self.on_over_budget = on_over_budget  # called with record() before OverBudget is raised
-        self.saved: dict[int, torch.UntypedStorage] = {}
+        self.saved = saved  # the one saved-tensor counter; the worker starts it before each measured forward
+        self._measuring = False
         self.gathered: list[dict[int, int]] = []  # per unit entered: storage -> bytes of its parameters
         self.need_bytes: dict[str, int] = {}
         self.parts: dict[str, dict[str, int]] = {}
-        self._saving = None
         self._hooks = [unit.register_forward_pre_hook(self._entered) for unit in shard_units]
 
     def begin(self) -> None:
-        """Call right before the forward pass: from here until after('forward'), saved tensors are counted."""
-        self.saved.clear()
+        """Call right before the forward pass (with `saved` started): its saved tensors are read after it."""
         self.gathered.clear()
-        self._saving = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
-        self._saving.__enter__()
+        self._measuring = True
 
     def _entered(self, unit, args) -> None:
         # Runs after FSDP's own pre-forward hook (which FSDP prepends): the unit's parameters are gathered now.
         self.gathered.append({_storage(p)[0]: p.numel() * p.element_size() for p in unit.parameters()})
 
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        pointer, storage = _storage(tensor)
-        self.saved.setdefault(pointer, storage)
-        return tensor
-
     def after(self, phase: str) -> None:
-        if self._saving is None:
+        if not self._measuring:
             return  # not a measured step
-        if phase == "forward":
-            self._saving.__exit__(None, None, None)
         state = sum(model_state_bytes(self.model, self.optimizer).values())
         resting = _state_pointers(self.model, self.optimizer)
         gathered = max((sum(b for p, b in unit.items() if p not in resting) for unit in self.gathered), default=0)
         activations = 0
         if phase == "forward":
             # Size now, not when saved: FSDP frees a gathered unit's storage after its forward (resized to 0).
-            activations = sum(s.nbytes() for p, s in self.saved.items() if p not in resting)
+            activations = sum(s.nbytes() for p, s in self.saved.storages.items() if p not in resting)
+            self.saved.forget()
         elif phase == "step":
             gathered = 0
         need = state + activations + gathered
@@ -95,7 +87,7 @@ class MemoryNeed:
             self.need_bytes[phase] = need
             self.parts[phase] = {"model_state_bytes": state, "activation_bytes": activations, "gathered_bytes": gathered}
         if phase == "step":
-            self._saving = None
+            self._measuring = False
         if self.budget_mb and need > self.budget_mb * MIB:
             self.on_over_budget(self.record())
         check_budget(self.rank, phase, need, self.budget_mb)
@@ -105,7 +97,6 @@ class MemoryNeed:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self.saved.clear()
         self.gathered.clear()
 
     def record(self) -> dict:

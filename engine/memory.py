@@ -119,3 +119,51 @@ class DeviceMemory:
             record["nvml_used_bytes"] = int(self.nvml.nvmlDeviceGetMemoryInfo(self.nvml_handle).used)
         return record
 
+
+
+class SavedActivations:
+    """Bytes autograd keeps for backward (the activations) during one forward and loss, on this rank.
+
+    A `saved_tensors_hooks` pack hook sees every tensor saved for backward; each storage counts once (views such
+    as Q, K and V of one QKV output share it), and parameters (and views of them, like a linear's weight.t())
+    are model state, not activations. Installed only between start(enabled=True) and stop(): other steps
+    pay nothing. Only the innermost saved_tensors_hooks see anything, so this is the one counter of saved
+    tensors: the memory wall (engine/budget.py) reads its `storages` too.
+    """
+
+    def __init__(self):
+        self.enabled = False
+        self.bytes = 0
+        self._counted: set[int] = set()
+        self.storages: dict[int, torch.UntypedStorage] = {}  # every saved storage, parameters included
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self.storages.setdefault(storage.data_ptr(), storage)
+        base = tensor._base if tensor._base is not None else tensor
+        if not (base.is_leaf and base.requires_grad):  # a parameter is model state
+            if storage.data_ptr() not in self._counted:
+                self._counted.add(storage.data_ptr())
+                self.bytes += storage.nbytes()
+        return tensor  # saved as autograd would save it: counting copies nothing
+
+    def start(self, enabled: bool = True) -> None:
+        self.enabled, self.bytes = enabled, 0
+        self._counted.clear()
+        self.storages.clear()
+        if enabled:
+            self._hooks.__enter__()
+
+    def stop(self) -> int | None:
+        """Bytes saved since start(), or None when counting was off. `storages` stays readable until forget()."""
+        if not self.enabled:
+            return None
+        self._hooks.__exit__(None, None, None)
+        self.enabled = False
+        self._counted.clear()  # the addresses only mattered while the forward ran
+        return self.bytes
+
+    def forget(self) -> None:
+        """Drops the references to saved storages, so they die with the backward pass as they would unwatched."""
+        self.storages.clear()

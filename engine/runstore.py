@@ -181,6 +181,7 @@ def summary(path: Path) -> dict:
                 "rss_bytes": rec.get("rss_bytes"),
                 "comm_bytes_per_step": comm,
                 "comm_wire_bytes_est_per_step": rec.get("comm/wire_bytes_est"),
+                "activation_bytes": rec.get("activation_bytes"),  # saved for backward, last logged step
                 **({"cuda_peak_allocated_bytes": rec["cuda_peak_allocated_bytes"]} if "cuda_peak_allocated_bytes" in rec else {}),
             }
         )

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from engine.budget import MemoryNeed, cap_cuda_memory
 from engine.comm import CommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
-from engine.memory import DeviceMemory, ProcessMemory, model_state_bytes
+from engine.memory import DeviceMemory, ProcessMemory, SavedActivations, model_state_bytes
 from engine.models import build_model, count_parameters
 from engine.registry import model_context
 from engine.spec import STRATEGIES, JobSpec
@@ -113,8 +113,9 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     if spec.memory_budget_mb and device.type == "cuda":
         cap_cuda_memory(device, spec.memory_budget_mb)
     cpu_budget_mb = spec.memory_budget_mb if device.type == "cpu" else 0
+    saved_activations = SavedActivations()  # bytes kept for backward, counted on logged and measured steps only
     need = MemoryNeed(
-        unwrap(model), optimizer, shard_units, rank, cpu_budget_mb,
+        unwrap(model), optimizer, shard_units, rank, cpu_budget_mb, saved_activations,
         on_over_budget=lambda record: metrics.write(kind="memory_need", rank=rank, t=time.time(), over_budget=True,
                                                     budget_bytes=cpu_budget_mb * 2**20, simulated=True, **record),
     ) if (spec.instrument or cpu_budget_mb) else None
@@ -156,6 +157,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         indices = rank_slice(global_batch_indices(step - 1, len(dataset), spec.global_batch, spec.seed), rank, world_size)
         x, y = on_device(*dataset.batch(indices), device, dtype)
         measuring = need is not None and step <= MEASURED_STEPS
+        saved_activations.start(enabled=(logging_step and spec.instrument) or measuring)
         if measuring:
             need.begin()
         if comm:
@@ -165,8 +167,10 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, -2), y.flatten())
+        activation_bytes = saved_activations.stop()
         if measuring:
-            need.after("forward")
+            need.after("forward")  # reads the saved storages
+        saved_activations.forget()
         memory = snapshot("forward") if logging_step else {}
         if comm:
             comm.phase = "backward"
@@ -200,6 +204,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
                 loss=loss.item(), step_time_s=step_time_s, samples_per_s=spec.global_batch / step_time_s,
                 rss_bytes=process_memory.rss_bytes(), peak_rss_bytes=process_memory.peak_rss_bytes(),
             )
+            if activation_bytes is not None:
+                record["activation_bytes"] = activation_bytes
             if comm:
                 record |= comm.step_metrics()
             with comm.paused() if comm else nullcontext():  # bookkeeping, not the strategy's traffic

@@ -203,7 +203,7 @@ def test_communication_volume_per_stage():
 def test_activations_match_korthikanti_without_recomputation():
     cfg = architecture("gpt2")  # GELU MLP of 4h, dropout: the paper's setting
     s, b, h, a, L = 1024, 4, 768, 12, 12
-    act = estimate_activations(cfg, b, s, "none", activation_bytes=2)
+    act = estimate_activations(cfg, b, s, "none", activation_bytes=2, attention="eager")
     assert act.per_layer_bytes == s * b * h * 34 + 5 * a * s * s * b  # sbh(34 + 5as/h)
     assert act.layers_bytes == L * act.per_layer_bytes
     assert act.output_bytes == 4 * s * b * h + 4 * s * b * cfg.vocab_size + s * b * h
@@ -311,12 +311,13 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_cli_json_has_per_rank_totals_and_terms(capsys):
-    code, out, _ = run_cli(capsys, "--params", "7.5B", "--ranks", "64", "--gpu-mem", "80", "--json")
+    code, out, _ = run_cli(capsys, "--params", "7.5B", "--ranks", "64", "--gpu-mem", "80", "--json", "--no-overheads")
     report = json.loads(out)
-    assert code == 0 and report["num_params"] == PSI_7_5B and report["mode"] == "paper"
+    assert code == 0 and report["num_params"] == PSI_7_5B and report["mode"] == report["memory_model"] == "paper"
     totals = [stage["per_rank"][0]["total_bytes"] / GB for stage in report["stages"]]
     assert [round(t, 1) for t in totals] == [120.0, 31.4, 16.6, 1.9]
-    assert all(len(stage["per_rank"]) == 64 for stage in report["stages"])
+    # Identical ranks collapse into one entry that says which ranks it stands for.
+    assert all(stage["per_rank"][0]["rank_range"] == [0, 63] and stage["per_rank"][0]["count"] == 64 for stage in report["stages"])
     assert {"params_bytes", "grads_bytes", "optimizer_bytes", "master_bytes"} <= set(report["stages"][1]["per_rank"][0])
     assert [s["fits"] for s in report["stages"]] == [False, True, True, True]
 
@@ -325,21 +326,22 @@ def test_cli_engine_mode_lists_uneven_ranks(capsys):
     code, out, _ = run_cli(capsys, "--model", "mlp", "--ranks", "4", "--stage", "zero1", "--json")
     report = json.loads(out)
     assert code == 0 and report["mode"] == "engine" and report["precision"] == "fp32"
-    assert [r["optimizer_bytes"] for r in report["stages"][0]["per_rank"]] == [32772, 32772, 5124, 1116]
+    assert [(r["rank_range"], r["optimizer_bytes"]) for r in report["stages"][0]["per_rank"]] == [
+        ([0, 1], 32772), ([2, 2], 5124), ([3, 3], 1116)]
 
 
 def test_cli_table_and_config_file(capsys, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12}))
     code, out, _ = run_cli(capsys, "--config", str(config), "--ranks", "8", "--batch", "8", "--recompute", "selective", "--gpu-mem", "24")
-    assert code == 0 and "124,439,808 parameters" in out and "ZeRO-3" in out
+    assert code == 0 and "124.4M parameters (124,439,808)" in out and "ZeRO-3" in out and "Memory model: the ZeRO paper's" in out
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--params=-7B"], "cannot read a parameter count"),
-        (["--params", "7B", "--ranks", "0"], "--ranks must be at least 1"),
+        (["--params", "7B", "--ranks", "0"], "--ranks must be from 1 to 1,000,000"),
         (["--params", "7B", "--stage", "5"], "unknown stage"),
         (["--params", "7B", "--precision", "int4"], "unknown precision"),
         (["--params", "7B", "--gpu-mem", "-1"], "--gpu-mem"),
@@ -355,7 +357,7 @@ def test_cli_bad_inputs_exit_2_with_a_message(capsys, argv, message):
 
 def test_stage_terms_itemise_each_stage():
     terms = stage_terms(Scenario(PSI_7_5B, 64))
-    assert len(terms) == 4 * 7
+    assert len(terms) == 4 * 9
     zero1 = {t["term"]: t["bytes"] for t in terms if t["stage"] == "ZeRO-1"}
     assert sum(zero1.values()) == estimate_model_states(PSI_7_5B, 64, 1).total_bytes
     assert set(PRECISIONS) >= {"fp32", "fp64", "bf16", "fp16"}

@@ -7,16 +7,14 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from app.whatif_charts import BAR_TITLE as BAR
+from app.whatif_charts import COMPARE_TITLE as COMPARE
+from app.whatif_charts import LINE_TITLE as LINE
 from tests.app_fixtures import charts_by_title, write_fixture_run
-from engine.estimate import GB, GIB, MIB, estimate_for_spec
+from engine.estimate import GB, GIB, MIB, activations_for_spec, estimate_for_spec
 from engine.spec import JobSpec
 
 PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "whatif.py")
-BAR, LINE, COMPARE = (
-    "Memory per GPU by stage (the busiest rank)",
-    "Memory per GPU vs number of GPUs",
-    "Model state per rank: predicted vs measured",
-)
 
 
 @pytest.fixture
@@ -42,17 +40,27 @@ def set_params(at, text: str, ranks: int) -> AppTest:
     return at.run()
 
 
+def no_overheads(at) -> AppTest:
+    """The paper's model states alone: CUDA context and allocator reserve off (they are on by default)."""
+    at.number_input(key="whatif_context_gib").set_value(0.0)
+    at.number_input(key="whatif_reserve_pct").set_value(0)
+    return at.run()
+
+
 def test_default_page_draws_every_stage(runs):
     at = page(runs)
     assert not at.exception and not at.error
     assert list(table(at)["stage"]) == ["DDP (stage 0)", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
     assert {BAR, LINE} <= set(charts_by_title(at))
-    assert any("124,439,808" in m.value for m in at.markdown)  # GPT-2 small, the first architecture
-    assert any("No finished runs" in i.value for i in at.info)
+    assert any("124,439,808" in m.value and "124.4M" in m.value for m in at.markdown)  # GPT-2 small, the first
+    assert any("Pick a ShardLab model" in i.value for i in at.info)
+    # Fewest GPUs and largest model sit under each headline number, formatted.
+    captions = [c.value for c in at.caption if c.value.startswith("fewest GPUs")]
+    assert len(captions) == 4 and all("largest model on 8: " in c for c in captions)
 
 
 def test_figure_1_on_the_page_and_in_the_charts(runs):
-    at = set_params(page(runs), "7.5B", 64)
+    at = no_overheads(set_params(page(runs), "7.5B", 64))
     at.radio(key="whatif_units").set_value("GB (1e9 bytes, the ZeRO paper's)").run()
     frame = table(at)
     assert list(frame["total bytes"]) == [120 * GB, 31_406_250_000, 16_640_625_000, 1_875_000_000]
@@ -73,7 +81,7 @@ def test_figure_1_on_the_page_and_in_the_charts(runs):
 
 
 def test_a_smaller_custom_gpu_changes_the_answers(runs):
-    at = set_params(page(runs), "7.5B", 64)
+    at = no_overheads(set_params(page(runs), "7.5B", 64))
     at.selectbox(key="whatif_gpu").set_value("Custom capacity").run()
     at.number_input(key="whatif_gpu_custom_gib").set_value(12.0).run()
     frame = table(at)
@@ -84,7 +92,7 @@ def test_a_smaller_custom_gpu_changes_the_answers(runs):
 
 
 def test_activations_and_overheads_are_added_to_every_stage(runs):
-    at = page(runs)
+    at = no_overheads(page(runs))
     at.selectbox(key="whatif_arch").set_value("llama-2-7b").run()
     at.number_input(key="whatif_batch").set_value(0).run()
     without = table(at)["total bytes"]
@@ -103,9 +111,16 @@ def test_shardlab_model_is_estimated_per_rank_exactly(runs):
     at = page(runs)
     at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()
     at.number_input(key="whatif_ranks").set_value(4).run()
+    assert at.radio(key="whatif_memory_model").value == "pytorch"  # a ShardLab model: the exact model by default
     predicted = [max(s.total_bytes for s in estimate_for_spec(JobSpec(strategy=st_, nproc=4))) for st_ in ("ddp", "zero1", "zero2", "zero3")]
-    assert list(table(at)["total bytes"]) == predicted == [143544, 104532, 72304, 36424]
+    assert list(table(at)["model states bytes"]) == predicted == [143544, 104532, 72304, 36424]
     assert at.selectbox(key="whatif_engine_precision").value == "fp32"
+    # ShardLab's models start without GPU overheads (their runs measure model states), so the bytes stay
+    # readable, and the caption names the unit the table shows (KiB here, not GiB).
+    assert at.number_input(key="whatif_context_gib").value == 0.0 and at.number_input(key="whatif_reserve_pct").value == 0
+    assert any(c.value.startswith("KiB = 2^10 bytes") for c in at.caption)
+    assert "KiB" in " ".join(table(at).columns)
+    assert list(table(at)["total bytes"])[:2] == predicted[:2]  # DDP and ZeRO-1 gather nothing: the total is exact
 
 
 def test_uploaded_config_is_counted_and_a_bad_one_explained(runs):
@@ -116,7 +131,7 @@ def test_uploaded_config_is_counted_and_a_bad_one_explained(runs):
     at.file_uploader(key="whatif_config").set_value(("config.json", json.dumps(config).encode(), "application/json")).run()
     assert not at.error and any("124,439,808" in m.value for m in at.markdown)
     at.file_uploader(key="whatif_config").set_value(("config.json", b'{"model_type": "t5"}', "application/json")).run()
-    assert [e.value for e in at.error] == ["unsupported model_type 't5' (supported: gpt2, llama, mistral)"]
+    assert [e.value for e in at.error] == ["unsupported model_type 't5' (supported: gpt2, llama, mistral, qwen2, gemma, phi3, mixtral)"]
 
 
 def test_an_unreadable_parameter_count_is_an_error_not_a_crash(runs):
@@ -127,8 +142,13 @@ def test_an_unreadable_parameter_count_is_an_error_not_a_crash(runs):
 
 def test_predicted_beside_measured_for_a_finished_run(runs):
     write_fixture_run(runs, "fixture-zero1", strategy="zero1", nproc=2, psi=8970)
+    other = write_fixture_run(runs, "fixture-other-size", strategy="ddp", nproc=2, psi=8970)
+    spec = json.loads((other / "spec.json").read_text())
+    (other / "spec.json").write_text(json.dumps({**spec, "size": "small"}))  # another model: not offered
     at = page(runs)
+    at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()  # mlp/tiny on digits
     assert at.selectbox(key="whatif_run").value == "fixture-zero1"
+    assert at.selectbox(key="whatif_run").options == ["fixture-zero1 — zero1, 2 ranks, fp32"]
     compared = next(d.value for d in at.dataframe if "measured_bytes" in d.value.columns)
     assert len(compared) == 2 * 5  # ranks x (params, master, grads, optimizer, total)
     predicted = estimate_for_spec(JobSpec(strategy="zero1", nproc=2))
@@ -157,3 +177,52 @@ def test_published_models_are_estimated_without_importing_torch(tmp_path):
                             cwd=Path(PAGE).parents[2])
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_memory_models_side_by_side_and_the_deepspeed_choice(runs):
+    at = no_overheads(set_params(page(runs), "7.5B", 8))
+    paper = list(table(at)["model states bytes"])
+    at.radio(key="whatif_memory_model").set_value("deepspeed").run()
+    deepspeed = list(table(at)["model states bytes"])
+    assert paper[2] == 2 * 7_500_000_000 + 14 * 7_500_000_000 // 8  # the paper's ZeRO-2
+    assert deepspeed[2] == 2 * 7_500_000_000 + 18 * 7_500_000_000 // 8  # DeepSpeed's (fp32 gradient partition)
+    models = next(d.value for d in at.dataframe if "memory model" in d.value.columns)
+    assert list(models["memory model"]) == ["ZeRO paper", "DeepSpeed runtime"]  # no shapes: no PyTorch row
+    assert any("Memory model: DeepSpeed's runtime" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("text", ["1e19", "1e30", "2e15"])
+def test_huge_parameter_counts_are_refused_in_one_line(runs, text):
+    at = set_params(page(runs), text, 8)
+    assert not at.exception and len(at.error) == 1 and "beyond 1e+15" in at.error[0].value
+
+
+def test_too_many_gpus_are_refused(runs):
+    at = page(runs)
+    at.number_input(key="whatif_nodes").set_value(1000)
+    at.number_input(key="whatif_ranks").set_value(1001).run()
+    assert not at.exception and "the estimator stops at 1,000,000" in at.error[0].value
+
+
+def test_small_bars_are_not_flattened_by_the_gpu_line(runs):
+    at = no_overheads(page(runs))  # GPT-2 small on 8 GPUs: a few GiB against an 80 GiB A100
+    frames = charts_by_title(at)[BAR]
+    assert not any("capacity" in f.columns for f in frames)  # named in the subtitle instead of a far-off rule
+
+
+def test_activations_predicted_beside_measured(runs):
+    run = write_fixture_run(runs, "fixture-gpt", strategy="ddp", nproc=2, psi=8970)
+    spec = {**json.loads((run / "spec.json").read_text()), "model": "gpt", "size": "tiny", "dataset": "text"}
+    (run / "spec.json").write_text(json.dumps(spec))
+    want = activations_for_spec(spec).total_bytes
+    for rank in (0, 1):  # as the worker writes it: the last logged step's bytes saved for backward
+        path = run / "metrics" / f"rank{rank}.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        records = [r | {"activation_bytes": int(want * 1.01)} if r["kind"] == "train" else r for r in records]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    at = page(runs)
+    at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()
+    at.selectbox(key="whatif_model").set_value("gpt").run()
+    acts = next(d.value for d in at.dataframe if "predicted_bytes" in d.value.columns and "category" not in d.value.columns)
+    assert list(acts["predicted_bytes"]) == [want, want] and list(acts["measured_bytes"]) == [int(want * 1.01)] * 2
+    assert acts["difference_pct"].round(1).tolist() == [1.0, 1.0]

@@ -1,6 +1,7 @@
-"""What-if page: per-GPU memory for any model, ZeRO stage and GPU count, instantly; and a finished run's
-prediction beside what each of its ranks measured. Thin layout: numbers from engine.estimate, charts
-from app.whatif_charts. Torch is imported only for ShardLab's own models (meta device, nothing allocated)."""
+"""What-if page: per-GPU memory for any model, ZeRO stage, memory model and cluster, instantly; and a finished
+run of the chosen ShardLab model, its prediction beside what each rank measured (model states and activations).
+Thin layout: numbers from engine.estimate, charts from app.whatif_charts, keys from app.state. Torch is imported
+only for ShardLab's own models (meta device, nothing allocated)."""
 
 import math
 
@@ -8,41 +9,18 @@ import pandas as pd
 import streamlit as st
 
 from app import whatif_charts as charts
+from app.state import WHATIF_KEYS as KEYS
 from engine import estimate as est
 from engine import runstore
-from engine.architectures import ARCHITECTURES, NOMINAL_MODELS, param_count, parse_hf_config
+from engine.architectures import ARCHITECTURES, NOMINAL_MODELS, SUPPORTED_TYPES
 from engine.registry import DATASETS, MODELS
+from engine.units import display_unit, format_bytes, unit_note
 
-KEYS = {  # every widget's session-state key, named once
-    "source": "whatif_source",
-    "arch": "whatif_arch",
-    "model": "whatif_model",
-    "size": "whatif_size",
-    "dataset": "whatif_dataset",
-    "params": "whatif_params",
-    "config": "whatif_config",
-    "ranks": "whatif_ranks",
-    "precision": "whatif_precision",
-    "engine_precision": "whatif_engine_precision",
-    "optimizer": "whatif_optimizer",
-    "offload": "whatif_offload",
-    "gpu": "whatif_gpu",
-    "gpu_custom": "whatif_gpu_custom_gib",
-    "units": "whatif_units",
-    "batch": "whatif_batch",
-    "seq": "whatif_seq",
-    "recompute": "whatif_recompute",
-    "act_bytes": "whatif_activation_bytes",
-    "dropout": "whatif_dropout",
-    "context": "whatif_context_gib",
-    "comm": "whatif_comm_buffers_mib",
-    "run": "whatif_run",
-    "arch_seen": "whatif_activation_defaults_for",  # not a widget: the architecture the defaults above belong to
-}
 SOURCES = ("Published architecture", "ShardLab model (exact)", "Parameter count", "Hugging Face config.json")
+MEMORY_MODEL_LABELS = {"paper": "ZeRO paper", "deepspeed": "DeepSpeed runtime", "pytorch": "PyTorch (FSDP2, exact)"}
 CUSTOM_GPU = "Custom capacity"
 UNITS = ("GiB (2^30 bytes)", "GB (1e9 bytes, the ZeRO paper's)")
-MAX_ENGINE_RANKS = 1024  # engine mode lists every rank; beyond this use the formula
+CURVE_POINTS = 21  # N = 1, 2, 4, ... 2^20 at most
 
 
 def architecture_label(name: str) -> str:
@@ -53,62 +31,80 @@ def architecture_label(name: str) -> str:
 
 st.title("What-if: memory per GPU")
 st.caption(
-    "Model states as the ZeRO paper counts them (Rajbhandari et al. 2020), activations as Korthikanti et al. "
-    "2022 count them, for any model, stage and number of GPUs. Pick one of ShardLab's own models for an exact, "
-    "per-rank prediction of what a run will measure."
+    "Model states under three memory models (the ZeRO paper's arithmetic, DeepSpeed's runtime, PyTorch's FSDP2 "
+    "and ZeroRedundancyOptimizer to the byte), activations as Korthikanti et al. 2022 count them, and the "
+    "overheads a real GPU adds, for any model, stage and cluster."
 )
 
 # ------------------------------------------------------------------------------ inputs (left)
-arch, shapes, num_params, model_label, problem = None, None, None, "", None
+source, problem = None, None
 with st.sidebar:
     st.header("Model")
-    source = st.radio("Model from", SOURCES, key=KEYS["source"])
+    kind = st.radio("Model from", SOURCES, key=KEYS["source"])
     try:
-        if source == SOURCES[0]:
+        if kind == SOURCES[0]:
             name = st.selectbox("Architecture", [*ARCHITECTURES, *NOMINAL_MODELS], key=KEYS["arch"], format_func=architecture_label)
-            if name in ARCHITECTURES:
-                arch = ARCHITECTURES[name]
-                num_params, model_label = param_count(arch), f"{arch.name} ({arch.source})"
-            else:
-                num_params, model_label = NOMINAL_MODELS[name], architecture_label(name)
-        elif source == SOURCES[1]:
+            source = est.resolve_source(model=name)
+        elif kind == SOURCES[1]:
             model = st.selectbox("ShardLab model", list(MODELS), key=KEYS["model"])
             size = st.selectbox("Size", list(MODELS[model].presets), key=KEYS["size"])
             datasets = [d for d, info in DATASETS.items() if info.kind == MODELS[model].input_kind]
             dataset = st.selectbox("Dataset (sizes the first and last layers)", datasets, key=KEYS["dataset"])
-            shapes = est.engine_param_shapes(model, size, dataset)
-            num_params = sum(math.prod(shape) for _, shape in shapes)
-            arch = est.registry_transformer(model, size, dataset)
-            model_label = f"ShardLab {model}/{size} on {dataset}"
-        elif source == SOURCES[2]:
-            text = st.text_input("Parameters Ψ (e.g. 124M, 7.5B, 1T)", value="7.5B", key=KEYS["params"])
-            num_params, model_label = est.parse_count(text), f"Ψ = {text.strip()}"
+            source = est.resolve_source(model=model, size=size, dataset=dataset)
+        elif kind == SOURCES[2]:
+            text = st.text_input("Parameters Ψ (e.g. 124M, 7.5B, 1T; at most 1e15)", value="7.5B", key=KEYS["params"])
+            largest = st.text_input("Largest layer's parameters (DeepSpeed's ZeRO-3; blank = 0)", value="",
+                                    key=KEYS["largest_layer"])
+            source = est.resolve_source(params=text, largest_layer=est.parse_count(largest) if largest.strip() else None)
         else:
             upload = st.file_uploader(
                 "config.json (read as data only)", type=["json"], key=KEYS["config"], max_upload_size=1,
-                help="A Hugging Face config.json of a gpt2, llama or mistral model; nothing in it is executed.",
+                help=f"A Hugging Face config.json ({', '.join(SUPPORTED_TYPES)}); nothing in it is executed.",
             )
             if upload is not None:
-                arch = parse_hf_config(upload.getvalue(), name=upload.name)
-                num_params, model_label = param_count(arch), f"{upload.name} ({arch.family} layout)"
+                source = est.resolve_source(config=upload.getvalue(), config_name=upload.name)
     except ValueError as err:  # EstimateError and ArchitectureError: messages written for the reader
         problem = str(err)
 
-    st.header("Training")
-    engine_mode = shapes is not None
-    ranks = st.number_input("GPUs (data-parallel ranks N)", 1, 1_000_000, 8, step=1, key=KEYS["ranks"])
-    if engine_mode:
+    st.header("Memory model")
+    has_shapes = source is not None and source.shapes is not None
+    models = [m for m in est.MEMORY_MODELS if m != "pytorch" or has_shapes]
+    default_model = "pytorch" if source is not None and source.kind == "shardlab" else "paper"
+    source_kind = source.kind if source is not None else None
+    if st.session_state.get(KEYS["memory_model"]) not in models or st.session_state.get(KEYS["memory_model_for"]) != source_kind:
+        # A new kind of source brings its defaults: for ShardLab's own models the exact model and no GPU
+        # overheads (its runs measure model states, on CPU here); for the others the paper's and the overheads.
+        st.session_state[KEYS["memory_model_for"]] = source_kind
+        st.session_state[KEYS["memory_model"]] = default_model
+        shardlab = source_kind == "shardlab"
+        st.session_state[KEYS["context"]] = 0.0 if shardlab else est.DEFAULT_CONTEXT_BYTES / est.GIB
+        st.session_state[KEYS["reserve"]] = 0 if shardlab else est.DEFAULT_RESERVE_PCT
+    st.session_state.setdefault(KEYS["context"], est.DEFAULT_CONTEXT_BYTES / est.GIB)
+    st.session_state.setdefault(KEYS["reserve"], est.DEFAULT_RESERVE_PCT)
+    memory_model = st.radio(
+        "Count memory as", models, key=KEYS["memory_model"], format_func=MEMORY_MODEL_LABELS.get,
+        help="PyTorch's needs every parameter's shape: an architecture, a config.json or a ShardLab model.",
+    )
+
+    st.header("Cluster and training")
+    nodes = st.number_input("Nodes", 1, est.MAX_RANKS, 1, step=1, key=KEYS["nodes"])
+    per_node = st.number_input("GPUs per node", 1, est.MAX_RANKS, 8, step=1, key=KEYS["ranks"])
+    if memory_model == "pytorch":
         precision = st.selectbox("Precision (the engine's)", est.ENGINE_PRECISIONS, key=KEYS["engine_precision"])
     else:
         precision = st.selectbox(
-            "Precision", list(est.PRECISIONS), index=list(est.PRECISIONS).index("bf16"), key=KEYS["precision"],
-            format_func=lambda p: f"{p}: {est.PRECISIONS[p].label}",
+            "Precision", list(est.PAPER_PRECISIONS), index=list(est.PAPER_PRECISIONS).index("bf16"), key=KEYS["precision"],
+            format_func=lambda p: f"{p}: {est.PAPER_PRECISIONS[p].label}",
         )
     optimizer = st.selectbox("Optimizer", list(est.OPTIMIZER_STATES), key=KEYS["optimizer"])
     offload = st.checkbox(
-        "Offload optimizer state to CPU", key=KEYS["offload"], disabled=engine_mode,
-        help="ZeRO-Offload: fp32 master weights and optimizer state live in host memory (shown separately).",
-    )
+        "Offload optimizer to CPU", key=KEYS["offload"], disabled=memory_model == "pytorch",
+        help="ZeRO-Offload: fp32 master weights and optimizer state (DeepSpeed: and fp32 grads) in host memory.",
+    ) and memory_model != "pytorch"
+    offload_params = st.checkbox(
+        "Offload parameters to CPU (ZeRO-3)", key=KEYS["offload_params"], disabled=not (memory_model == "deepspeed" and offload),
+    ) and memory_model == "deepspeed" and offload
+    prefetch = st.number_input("ZeRO-3 prefetch depth (layers gathered ahead)", 0, 64, 1, key=KEYS["prefetch"])
 
     st.header("GPU")
     gpu_names = [*est.GPUS, CUSTOM_GPU]
@@ -117,71 +113,112 @@ with st.sidebar:
         capacity_bytes = int(st.number_input("Capacity (GiB)", 0.1, 10_000.0, 80.0, key=KEYS["gpu_custom"]) * est.GIB)
     else:
         capacity_bytes = est.GPUS[gpu]
+    host_gib = st.number_input("Host memory per node (GiB)", 1.0, 1_000_000.0, 1024.0, key=KEYS["host_mem"])
     decimal = st.radio("Units", UNITS, key=KEYS["units"]) == UNITS[1]
 
+    arch = source.arch if source is not None else None
     with st.expander("Activations", expanded=arch is not None):
+        activation_bytes = 0
         if arch is None:
             st.caption("Activations need a transformer layout: pick an architecture, ShardLab's gpt or a config.json.")
-            activation_bytes = 0
         else:
             if st.session_state.get(KEYS["arch_seen"]) != arch.name:
                 # A new architecture brings its own defaults (its context, whether it used dropout).
                 st.session_state[KEYS["arch_seen"]] = arch.name
                 st.session_state[KEYS["seq"]] = min(arch.context, 2048)
                 st.session_state[KEYS["dropout"]] = arch.dropout
-            batch = st.number_input("Micro-batch per GPU (0 = leave out)", 0, 65_536, 1, key=KEYS["batch"])
-            seq = st.number_input("Sequence length", 1, 1_048_576, key=KEYS["seq"])
+            batch = st.number_input("Micro-batch per GPU (0 = leave out)", 0, est.inputs.MAX_BATCH, 1, key=KEYS["batch"])
+            seq = st.number_input("Sequence length", 1, est.inputs.MAX_SEQ, key=KEYS["seq"])
             recompute = st.selectbox("Recomputation", est.RECOMPUTE, key=KEYS["recompute"])
-            act_bytes = st.selectbox("Bytes per activation", (2, 4), key=KEYS["act_bytes"], format_func=lambda b: {2: "2 (bf16/fp16)", 4: "4 (fp32)"}[b])
-            dropout = st.checkbox("Trained with dropout (1-byte masks)", key=KEYS["dropout"])
-            activation_bytes = (
-                est.estimate_activations(arch, int(batch), int(seq), recompute, int(act_bytes), dropout).total_bytes if batch else 0
+            attention = st.selectbox(
+                "Attention kernel", est.ATTENTION, key=KEYS["attention"],
+                format_func={"flash": "flash (SDPA/FlashAttention: no s² scores)", "eager": "eager (stores the s² scores)"}.get,
             )
-    with st.expander("Overheads"):
+            dropout = st.checkbox("Trained with dropout (1-byte masks)", key=KEYS["dropout"])
+            st.caption(f"{est.activation_bytes_for(precision)} bytes per activation ({precision}); logits in fp32.")
+            if batch:
+                try:
+                    activation_bytes = est.estimate_activations(
+                        arch, int(batch), int(seq), recompute, est.activation_bytes_for(precision), dropout, attention,
+                    ).total_bytes
+                except ValueError as err:
+                    problem = problem or str(err)
+    with st.expander("Overheads (on by default for GPUs; set yours)"):
         context_gib = st.number_input(
-            "Framework/CUDA context (GiB)", 0.0, 1000.0, 0.0, step=0.25, key=KEYS["context"],
-            help="CUDA context, cuBLAS/cuDNN workspaces and the framework: typically 0.3-1 GiB per GPU.",
+            "CUDA context and workspaces (GiB)", 0.0, 1000.0, step=0.25,
+            key=KEYS["context"], help="CUDA context, cuBLAS/cuDNN/NCCL workspaces and the framework: 0.5-1 GiB is common.",
+        )
+        reserve_pct = st.number_input(
+            "Allocator reserve (% of allocated)", 0, 100, key=KEYS["reserve"],
+            help="The caching allocator's fragmentation and rounding: what nvidia-smi shows beyond what tensors hold.",
         )
         comm_mib = st.number_input(
-            "Communication buffers (MiB)", 0.0, 1_000_000.0, 0.0, step=25.0, key=KEYS["comm"],
-            help="DDP's gradient buckets (25 MiB each by default), FSDP's all-gather/reduce-scatter buffers.",
+            "Communication buffers (MiB; blank = the memory model's default)", 0.0, 1_000_000.0, None, step=25.0,
+            key=KEYS["comm"], help="DeepSpeed: its 5e8-element reduce bucket; PyTorch and the paper: none extra.",
         )
 
 if problem:
     st.error(problem, icon=":material/error:")
     st.stop()
-if num_params is None:
+if source is None:
     st.info("Upload a Hugging Face config.json in the sidebar to size its model.", icon=":material/upload_file:")
     st.stop()
-ranks = int(ranks)
-if engine_mode and ranks > MAX_ENGINE_RANKS:
-    st.error(f"The exact per-rank mode lists every rank: at most {MAX_ENGINE_RANKS:,} GPUs (use a parameter count beyond that).")
+nodes, per_node = int(nodes), int(per_node)
+ranks = nodes * per_node
+if ranks > est.MAX_RANKS:
+    st.error(f"{nodes:,} nodes x {per_node:,} GPUs = {ranks:,} GPUs: the estimator stops at {est.MAX_RANKS:,}.",
+             icon=":material/error:")
     st.stop()
 
 # ------------------------------------------------------------------------------ the estimate
 try:
-    overheads = est.Overheads(int(context_gib * est.GIB), int(comm_mib * est.MIB))
-    scenario = est.Scenario(num_params, ranks, precision, optimizer, offload, activation_bytes, overheads, shapes)
+    overheads = est.Overheads(int(context_gib * est.GIB), int((comm_mib or 0) * est.MIB), int(reserve_pct))
+
+    def scenario_for(model: str) -> est.Scenario:
+        valid = est.ENGINE_PRECISIONS if model == "pytorch" else est.PAPER_PRECISIONS
+        return est.Scenario(
+            source.num_params, ranks, precision if precision in valid else ("fp32" if model == "pytorch" else "bf16"),
+            optimizer, offload and model != "pytorch", activation_bytes, overheads, source.shapes, model, nodes,
+            offload_params and model == "deepspeed", source.largest_layer_params, source.largest_unit_params,
+            int(prefetch), comm_mib is None, int(host_gib * est.GIB),
+        )
+
+    scenario = scenario_for(memory_model)
     rows = est.stage_rows(scenario, capacity_bytes)
     terms = pd.DataFrame(est.stage_terms(scenario))
-    top = max(ranks * 4, 1024 if not engine_mode else 64)
-    ranks_list = [2**k for k in range(int(math.log2(min(top, MAX_ENGINE_RANKS if engine_mode else 2**20))) + 1)]
-    curve = pd.DataFrame(est.ranks_curve(scenario, sorted(set(ranks_list) | {ranks})))
+    curve_ranks = sorted({2**k for k in range(CURVE_POINTS) if 2**k <= max(ranks * 4, 1024)} | {ranks})
+    curve = pd.DataFrame(est.ranks_curve(scenario, curve_ranks))
 except ValueError as err:
     st.error(str(err), icon=":material/error:")
     st.stop()
 
-divisor, unit = charts.display_unit(max(r["total_bytes"] for r in rows), decimal)
+divisor, unit = display_unit(max(r["total_bytes"] for r in rows), decimal)
+fmt = lambda b: format_bytes(b, decimal, digits=4)  # 4 digits: 1,020 KiB, never 1.02e+03
 gpu_label = gpu if gpu != CUSTOM_GPU else f"custom {capacity_bytes / est.GIB:g} GiB"
+active = f" ({est.format_count(source.active_params)} active per token)" if source.active_params else ""
 st.markdown(
-    f"**{model_label}**: Ψ = {num_params:,} parameters on **{ranks:,}** GPUs, {precision}, {optimizer}"
-    + (" — exact engine mode (what ShardLab's worker will measure)" if engine_mode else "")
+    ("" if source.kind == "count" else f"**{source.label}**: ")
+    + f"Ψ = **{est.format_count(source.num_params)}** parameters ({source.num_params:,}){active} "
+    f"on **{nodes:,} node{'s' if nodes > 1 else ''} x {per_node:,} GPUs** (N = {ranks:,}), {precision}, {optimizer}"
 )
+st.caption(est.memory_model_note(memory_model))
+if memory_model == "deepspeed" and not source.largest_layer_params:
+    st.caption("Largest layer unknown (a bare parameter count): DeepSpeed's ZeRO-3 gathered-layer buffers count as 0 "
+               "here; give it in the sidebar.")
+if source.unknown_keys:
+    st.warning(f"config.json keys not used (check they do not change the model): {', '.join(source.unknown_keys)}",
+               icon=":material/warning:")
 for column, row in zip(st.columns(4), rows):
     column.metric(
-        row["stage"], f"{row['total_bytes'] / divisor:,.2f} {unit}",
+        row["stage"], fmt(row["total_bytes"]),
         "fits" if row["fits"] else "does not fit", delta_color="normal" if row["fits"] else "inverse",
         delta_arrow="off", help=f"per GPU (the busiest rank) against {gpu_label}",
+    )
+    fewest = row["min_ranks_to_fit"]
+    column.caption(
+        ("fewest GPUs: never" if fewest is None else
+         f"fewest GPUs: {fewest:,} ({row['min_nodes_to_fit']:,} node{'s' if row['min_nodes_to_fit'] > 1 else ''})")
+        + f"  \nlargest model on {ranks:,}: {est.format_count(row['max_params_to_fit'])}"
     )
 
 left, right = st.columns(2)
@@ -196,14 +233,18 @@ table = pd.DataFrame(
         f"gradients ({unit})": size(r["grads_bytes"]),
         f"optimizer state ({unit})": size(r["optimizer_bytes"]),
         f"master weights ({unit})": size(r["master_bytes"]),
+        f"gathered layers ({unit})": size(r["gathered_bytes"]),
         f"activations ({unit})": size(r["activations_bytes"]),
-        f"overheads ({unit})": size(r["context_bytes"] + r["comm_buffers_bytes"]),
+        f"overheads ({unit})": size(r["context_bytes"] + r["comm_buffers_bytes"] + r["reserve_bytes"]),
         f"total per GPU ({unit})": size(r["total_bytes"]),
         "total bytes": r["total_bytes"],
-        f"offloaded to CPU ({unit})": size(r["cpu_bytes"]),
+        "model states bytes": r["model_states_bytes"],
+        f"offloaded per GPU ({unit})": size(r["cpu_bytes"]),
+        f"host per node ({unit})": size(r["host_bytes_per_node"]),
         "fits": r["fits"],
+        "fits host": r["fits_host"],
         "fewest GPUs that fit": "never" if r["min_ranks_to_fit"] is None else f"{r['min_ranks_to_fit']:,}",
-        f"largest model on {ranks:,} GPUs (Ψ)": r["max_params_to_fit"],
+        f"largest model on {ranks:,} GPUs": est.format_count(r["max_params_to_fit"]),
         "comm per step (elements)": r["comm_elements"],
         "comm per step (bytes)": r["comm_bytes"],
     }
@@ -211,29 +252,51 @@ table = pd.DataFrame(
 )
 st.dataframe(table, hide_index=True, key="whatif_table", column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if f"({unit})" in c})
 st.caption(
-    f"{unit} = {'1e9' if decimal else '2^30'} bytes. Activations are not sharded by ZeRO: every GPU keeps the "
-    "activations of its own micro-batch whatever the stage (only recomputation or tensor/sequence parallelism "
-    "shrink them). Communication as the ZeRO paper counts it per GPU and step: 2Ψ for DDP, ZeRO-1 and ZeRO-2, "
-    "3Ψ for ZeRO-3. 'Fewest GPUs' and 'largest model' keep activations and overheads fixed."
-    + (" Engine mode: the bytes ShardLab's worker measures after the optimizer step, to the byte; ZeRO-1 splits "
-       "whole parameters and FSDP2 pads dim 0, so ranks differ." if engine_mode else "")
+    f"{unit_note(unit)}. Activations are not sharded by ZeRO: every GPU keeps the activations of its own micro-batch "
+    "whatever the stage. Communication as the ZeRO paper counts it per GPU and step: 2Ψ for DDP, ZeRO-1 and ZeRO-2, "
+    "3Ψ for ZeRO-3. 'Fewest GPUs' and 'largest model' keep activations, gathered layers and overheads fixed."
+    + (" Offload applies to ZeRO stages; the DDP row offloads nothing." if offload else "")
+    + (" PyTorch model: ZeRO-1 splits whole parameters and FSDP2 pads dim 0, so ranks differ; the busiest is shown."
+       if memory_model == "pytorch" else "")
 )
+
+# All three memory models, totals side by side (the PyTorch one only where shapes are known).
+compare_models = [m for m in est.MEMORY_MODELS if m != "pytorch" or has_shapes]
+try:
+    side_by_side = pd.DataFrame(
+        {"memory model": MEMORY_MODEL_LABELS[m], **{r["stage"]: fmt(r["model_states_bytes"] + r["gathered_bytes"])
+                                                    for r in est.stage_rows(scenario_for(m))}}
+        for m in compare_models
+    )
+    st.markdown("**Model states (and gathered layers) per GPU, by memory model**")
+    st.dataframe(side_by_side, hide_index=True, key="whatif_models_table")
+    st.caption(f"Same model, cluster, optimizer and precision ({precision}, where a model has it: the PyTorch model "
+               "knows fp32, bf16 and fp64, and falls back to fp32). Activations and overheads are the same for all.")
+except ValueError as err:
+    st.caption(f"Side-by-side comparison unavailable: {err}")
 
 # ------------------------------------------------------------------------------ predicted vs measured
 st.subheader("Predicted vs measured")
+if source.kind != "shardlab":
+    st.info("Pick a ShardLab model above to set its prediction beside runs of that model.", icon=":material/info:")
+    st.stop()
 root = runstore.runs_dir_default()
-finished = [r for r in runstore.list_runs(root) if r["state"] in ("succeeded", "cancelled")]
+finished = [
+    r for r in runstore.list_runs(root)
+    if r["state"] in ("succeeded", "cancelled") and all(r["spec"].get(k) == v for k, v in source.spec.items())
+]
 if not finished:
-    st.info("No finished runs yet: train one on the Train page, then compare it here.", icon=":material/info:")
+    st.info(f"No finished run of {source.label} yet: train one on the Train page, then compare it here.",
+            icon=":material/info:")
     st.stop()
 
 
 def run_label(run_id: str) -> str:
     spec = next(r["spec"] for r in finished if r["run_id"] == run_id)
-    return f"{run_id} — {spec['model']}/{spec['size']}, {spec['strategy']}, {spec['nproc'] * spec.get('nnodes', 1)} ranks, {spec['precision']}"
+    return f"{run_id} — {spec['strategy']}, {spec['nproc'] * spec.get('nnodes', 1)} ranks, {spec['precision']}"
 
 
-run_id = st.selectbox("Finished run", [r["run_id"] for r in finished], key=KEYS["run"], format_func=run_label)
+run_id = st.selectbox(f"Finished run of {source.label}", [r["run_id"] for r in finished], key=KEYS["run"], format_func=run_label)
 summary = runstore.summary(runstore.run_dir(run_id, root))
 if not summary["per_rank"]:
     st.warning("This run logged no training step, so there is nothing measured to compare.")
@@ -255,3 +318,30 @@ st.caption(
     + " Measured: the worker's walk over parameters, gradients and optimizer state after the last logged step."
 )
 st.altair_chart(charts.predicted_vs_measured_chart(compared), key="whatif_compare_chart")
+
+predicted_act = est.activations_for_spec(summary["spec"])
+measured_act = [(r["rank"], r.get("activation_bytes")) for r in summary["per_rank"]]
+if predicted_act is not None:
+    st.markdown("**Activations: predicted beside measured**")
+    if all(m is None for _, m in measured_act):
+        st.caption("This run predates activation measurement (or ran uninstrumented): nothing measured to compare.")
+    else:
+        want = predicted_act.total_bytes
+        st.dataframe(
+            pd.DataFrame(
+                {"rank": rank, "predicted_bytes": want, "measured_bytes": got,
+                 "difference_pct": None if got is None else 100.0 * (got - want) / want}
+                for rank, got in measured_act
+            ),
+            hide_index=True, key="whatif_activations_table",
+            column_config={"difference_pct": st.column_config.NumberColumn("difference %", format="%.2f")},
+        )
+        st.caption(
+            "Predicted: Korthikanti et al.'s terms for this GPT (flash attention: torch SDPA keeps a log-sum-exp, not "
+            "the s² scores), at the run's micro-batch and precision"
+            + (f", plus {fmt(predicted_act.weight_copies_bytes)} of bf16 weight copies autocast keeps"
+               if predicted_act.weight_copies_bytes else "")
+            + ". Measured: bytes each rank saved for backward on the last logged step (saved_tensors_hooks, each "
+            "storage once, parameters excluded). The formula leaves out LayerNorm's mean and rstd and the token ids "
+            "(under 1% in fp32); under bf16 autocast the norms run in fp32, so the measured bytes sit above it."
+        )
