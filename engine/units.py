@@ -33,4 +33,6 @@ def format_bytes(n_bytes: float, decimal: bool = False, digits: int = 3) -> str:
     divisor, name = display_unit(abs(n_bytes), decimal)
     if divisor == 1:
         return f"{n_bytes:,.0f} bytes"
-    return f"{n_bytes / divisor:,.{digits}g} {name}"
+    value = n_bytes / divisor  # 1 <= |value| < 1024: never an exponent, `digits` significant digits
+    whole_digits = len(str(int(abs(value))))
+    return f"{value:,.{max(0, digits - whole_digits)}f} {name}"

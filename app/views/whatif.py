@@ -193,7 +193,7 @@ except ValueError as err:
     st.stop()
 
 divisor, unit = display_unit(max(r["total_bytes"] for r in rows), decimal)
-fmt = lambda b: format_bytes(b, decimal, digits=4)  # 4 digits: 1,020 KiB, never 1.02e+03
+fmt = lambda b: format_bytes(b, decimal, digits=4)
 gpu_label = gpu if gpu != CUSTOM_GPU else f"custom {capacity_bytes / est.GIB:g} GiB"
 active = f" ({est.format_count(source.active_params)} active per token)" if source.active_params else ""
 st.markdown(
