@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from app import state
-from tests.app_fixtures import charts_by_title, write_fixture_run
+from tests.app_fixtures import CANCELLED_LOG_TAIL, charts_by_title, write_fixture_run
 from engine.spec import JobSpec, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,8 +191,10 @@ def test_launch_trains_a_real_run_and_the_charts_hold_its_data(runs):
     assert set(memory["rank"]) == {"rank 0", "rank 1"}
     params = memory[(memory["category"] == "parameters") & (memory["rank"] == "rank 0")]["bytes"].item()
     assert params == train[(train["rank"] == 0) & (train["step"] == 6)]["mem/step/params_bytes"].item() > 0
-    comm = charts["Communication per step (payload, by collective)"]
+    comm = charts["Traffic per step, by collective"]
     assert set(comm[0]["op"]) == {"all_reduce"}
+    all_reduce = train[(train["rank"] == 0) & (train["step"] == 6)]["comm/all_reduce/bytes"].item()
+    assert comm[0][comm[0]["rank"] == "rank 0"]["traffic_bytes"].item() == 2 * all_reduce  # paper convention
     metrics = [m.value for m in at.metric]
     assert metrics[3] == "2.00 Ψ"  # DDP: the paper's 2Ψ
     (final_eval,) = [r for r in runstore.read_metrics(runs / run_id) if r["kind"] == "eval" and r["rank"] == 0]
@@ -212,3 +214,38 @@ def test_accuracy_is_charted_once_there_are_two_evaluations(runs):
         f.write(json.dumps({"kind": "eval", "step": 10, "rank": 0, "t": 1.0, "eval_loss": 0.9, "eval_accuracy": 0.5}) + "\n")
     accuracy = charts_by_title(train_page(run="evals"))["Held-out accuracy"][0]
     assert accuracy.sort_values("step")["eval_accuracy"].tolist() == [0.5, 0.91]
+
+
+def warnings(at) -> list[str]:
+    return [w.value for w in at.warning]
+
+
+@pytest.mark.parametrize("value", ["../other/elsewhere", "ABSOLUTE", "x" * 5000, "..", ".", "a/../elsewhere"])
+def test_run_parameter_accepts_only_a_run_id_inside_the_runs_folder(runs, tmp_path, value):
+    """A running run outside the runs folder would otherwise be shown, with a working Cancel."""
+    write_fixture_run(runs, "mine", steps=10, steps_done=5, state="running")
+    elsewhere = write_fixture_run(tmp_path / "other", "elsewhere", steps=10, steps_done=5, state="running")
+    at = train_page(run=str(elsewhere) if value == "ABSOLUTE" else value)
+    assert not at.exception
+    (message,) = warnings(at)
+    assert message.startswith("No such run:") and len(message) < 400
+    assert state.cancel_key(state.TRAIN_VIEW) not in [b.key for b in at.button]
+    assert not charts_by_title(at) and not at.get("progress")
+    assert train_page(run="mine").get("progress")  # the same page opens a run that is in the folder
+
+
+def test_a_cancelled_run_reads_as_a_cancel(runs):
+    write_fixture_run(runs, "stopped", steps=100, steps_done=12, state="cancelled", log=CANCELLED_LOG_TAIL)
+    at = train_page(run="stopped")
+    assert not at.exception and not errors(at)
+    assert any(i.value.startswith("Cancelled on request after step 12 of 100") for i in at.info)
+    assert [m.value for m in at.metric][1] == "not evaluated"  # no pending-evaluation headline
+    by_label = {e.label.split(" (")[0]: e for e in at.expander}
+    log, shutdown = by_label["Log"], by_label["Shutdown messages after cancel"]
+    assert log.code[0].value == "[rank0] step 12"
+    assert "SignalException" in shutdown.code[0].value and "Connection closed by peer" in shutdown.code[0].value
+
+
+def test_a_running_run_still_promises_its_evaluation(runs):
+    write_fixture_run(runs, "live", steps=100, steps_done=12, state="running")
+    assert [m.value for m in train_page(run="live").metric][1] == "after eval"
