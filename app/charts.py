@@ -42,8 +42,8 @@ RANK_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2",
 # Runs compared on one axis: distinct hues (Streamlit's own palette starts with two blues).
 RUN_COLORS = ["#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#17BECF"]
 # Width a chart may take beside the sidebar in a 1,280 px window; faceted panels wrap into rows beyond it.
-PANEL_BUDGET_PX = 880
-PANEL_GAP_PX = 70  # a panel's y axis, labels and padding
+PANEL_BUDGET_PX = 820  # measured: the main column is 820 px wide at 1,280 px with the sidebar open
+PANEL_GAP_PX = 40  # padding between panels; the shared y axis is drawn once per row
 
 
 def byte_axis(max_bytes: float, what: str) -> tuple[int, str]:
@@ -272,7 +272,8 @@ def _category_order(categories: pd.Series) -> list[str]:
 def _category_color(categories: pd.Series, legend_columns: int | None = None) -> alt.Color:
     """Model-state categories in their fixed colours and order, legend on top (shared by the memory charts)."""
     order = _category_order(categories)
-    legend = alt.Legend(orient="top", columns=legend_columns) if legend_columns else alt.Legend(orient="top")
+    legend = (alt.Legend(orient="top", columns=legend_columns, labelLimit=400) if legend_columns
+              else alt.Legend(orient="top", labelLimit=400))  # "master params (ZeRO-2 shards)" in full
     return alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                      legend=legend)
 
@@ -283,13 +284,14 @@ def phase_chart(latest: pd.DataFrame) -> alt.FacetChart:
     top = data.groupby(["rank", "phase"])["bytes"].sum().max() if not data.empty else 0
     divisor, unit = byte_axis(top, "model state")
     ranks = sorted(data["rank"].unique()) if not data.empty else [0]
-    step_px = 40
+    step_px = 50
     data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
     bars = (
         alt.Chart()
         .mark_bar()
         .encode(
-            x=alt.X("phase:N", title="after", sort=list(PHASES.values()), axis=alt.Axis(labelAngle=0)),
+            # Angled: level labels three to a 150 px panel would drop "backward" as overlapping.
+            x=alt.X("phase:N", title="after", sort=list(PHASES.values()), axis=alt.Axis(labelAngle=-30, labelOverlap=False)),
             y=alt.Y("amount:Q", title=unit, stack="zero"),
             color=_category_color(data["category"]),
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("phase:N"), alt.Tooltip("category:N"),
@@ -536,7 +538,7 @@ def shard_layout_chart(n_ranks: int) -> alt.FacetChart:
     text = base.mark_text(fontSize=12, color="black").encode(text=alt.Text("label:N"))
     return (
         alt.layer(cells, text, data=data)
-        .properties(width=alt.Step(70), height=alt.Step(28))
+        .properties(width=alt.Step(52), height=alt.Step(28))  # four stages side by side fit a 1,280 px window
         .facet(column=alt.Column("stage:N", title=None, sort=list(STAGE_SHARDS),
                                  header=alt.Header(labelFontSize=14, labelFontWeight="bold", labelOrient="bottom")))
     )

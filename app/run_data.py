@@ -278,10 +278,11 @@ def _range(values: list) -> str:
     if not values:
         return "–"
     low, high = min(values), max(values)
-    if low == high:
-        return format_bytes(high)
     divisor, name = display_unit(high)
-    return f"{low / divisor:,.3g}–{high / divisor:,.3g} {name}"
+    low_text, high_text = f"{low / divisor:,.3g}", f"{high / divisor:,.3g}"
+    if low_text == high_text:  # equal to three digits (RSS differs by a few kB between ranks)
+        return format_bytes(high)
+    return f"{low_text}–{high_text} {name}"
 
 
 def traffic_psi(summary: dict) -> float | None:
@@ -295,11 +296,16 @@ def traffic_psi(summary: dict) -> float | None:
     return traffic / (psi * bytes_per_element) if traffic else None
 
 
+# Column widths that fit the 820 px main column of a 1,280 px window (the note, when any, takes what is left).
+TABLE_WIDTHS_PX = {"run": 166, "status": 74, "strategy": 58, "ranks": 44, "model": 70, "steps": 52, "loss": 58,
+                   "accuracy": 62, "traffic": 62, "model state": 90, "peak RSS": 78, "note": 240}
+
+
 def runs_table(summaries: list[dict]) -> pd.DataFrame:
     """One row per run for the Runs page, narrow enough for a 1,280 px window at 8 ranks.
 
     Each entry is a runstore.summary, or a list_runs entry in state "unreadable" (shown with its reason).
-    Memory per rank is a range over ranks (ZeRO-1 splits by whole parameter, so ranks differ).
+    Memory is per rank: one value, or the range over ranks (ZeRO-1 splits by whole parameter, so ranks differ).
     """
     from engine.spec import STRATEGIES
 
@@ -317,17 +323,16 @@ def runs_table(summaries: list[dict]) -> pd.DataFrame:
             "status": status,
             "strategy": STRATEGIES.get(spec.get("strategy"), {}).get("label", spec.get("strategy")),
             "ranks": spec.get("nproc", 1) * spec.get("nnodes", 1),
-            "model": f"{spec.get('model')} {spec.get('size')} · {spec.get('dataset')}",
+            "model": f"{spec.get('model')} {spec.get('size')}",
             "steps": f"{s.get('steps_done', 0)}/{spec.get('steps')}",
-            "final loss": s.get("final_loss"),
+            "loss": s.get("final_loss"),
             "accuracy": s.get("eval_accuracy"),
-            "traffic/step": traffic_psi(s),
-            "model state/rank": _range([r["model_state_bytes"]["total"] for r in per_rank]),
-            "peak RSS/rank": _range([r.get("peak_rss_bytes") for r in per_rank]),
+            "traffic": traffic_psi(s),
+            "model state": _range([r["model_state_bytes"]["total"] for r in per_rank]),
+            "peak RSS": _range([r.get("peak_rss_bytes") for r in per_rank]),
             "note": str(detail.get("error") or detail.get("warning") or ""),
         })
-    columns = ["run", "status", "strategy", "ranks", "model", "steps", "final loss", "accuracy", "traffic/step",
-               "model state/rank", "peak RSS/rank", "note"]
+    columns = list(TABLE_WIDTHS_PX)
     table = pd.DataFrame(rows, columns=columns)
     return table if table["note"].astype(bool).any() else table.drop(columns="note")
 

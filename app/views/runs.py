@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import charts, loaders, state
-from app.run_data import UNREADABLE, RunUnreadable, load_snapshot, runs_dir, runs_table
+from app.run_data import TABLE_WIDTHS_PX, UNREADABLE, RunUnreadable, load_snapshot, runs_dir, runs_table
 from app.run_view import show_run
 from engine.spec import STRATEGIES
 
@@ -16,18 +16,19 @@ if not runs:
     st.stop()
 
 readable = [r for r in runs if r.get("state") != UNREADABLE]
+table = runs_table([loaders.summary(r["run_id"]) if r in readable else r for r in runs])
 st.dataframe(
-    runs_table([loaders.summary(r["run_id"]) if r in readable else r for r in runs]),
-    hide_index=True, key=state.RUNS_TABLE, width="stretch",
+    table, hide_index=True, key=state.RUNS_TABLE, width="stretch",
     column_config={
-        "run": st.column_config.TextColumn(width="medium"),
-        "ranks": st.column_config.NumberColumn(width="small"),
-        "final loss": st.column_config.NumberColumn(format="%.4f", width="small"),
-        "accuracy": st.column_config.NumberColumn(format="percent", width="small"),
-        "traffic/step": st.column_config.NumberColumn(format="%.2f Ψ", width="small",
+        **{name: st.column_config.Column(width=px) for name, px in TABLE_WIDTHS_PX.items()},
+        "loss": st.column_config.NumberColumn(format="%.4f", width=TABLE_WIDTHS_PX["loss"], help="Loss of the newest step (mean over ranks)"),
+        "accuracy": st.column_config.NumberColumn(format="percent", width=TABLE_WIDTHS_PX["accuracy"]),
+        "traffic": st.column_config.NumberColumn(format="%.2f Ψ", width=TABLE_WIDTHS_PX["traffic"],
                                                       help=f"Rank 0's traffic per step in units of Ψ ({charts.TRAFFIC_NOTE})"),
-        "model state/rank": st.column_config.TextColumn(help="Exact model-state bytes per rank: one value, or min–max over ranks"),
-        "peak RSS/rank": st.column_config.TextColumn(help="Peak resident memory per rank process: one value, or min–max"),
+        "model state": st.column_config.TextColumn(width=TABLE_WIDTHS_PX["model state"],
+                                                   help="Exact model-state bytes per rank: one value, or min–max over ranks"),
+        "peak RSS": st.column_config.TextColumn(width=TABLE_WIDTHS_PX["peak RSS"],
+                                                help="Peak resident memory per rank process: one value, or min–max over ranks"),
     },
 )
 st.caption(f"{len(runs)} runs in {root.resolve()}, newest first. Memory per rank: one value, or the range over ranks.")
