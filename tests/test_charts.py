@@ -153,6 +153,14 @@ def test_failure_in_words_names_the_rank_and_the_message(tmp_path):
     assert failure_in_words(load_snapshot(ok)) is None
 
 
+@pytest.mark.parametrize("values, shown", [([36_000, 72_000], "35.2–70.3 KiB"), ([300 * 2**20, 300 * 2**20 + 1000], "300 MiB"),
+                                           ([5, 5], "5 bytes"), ([], "–"), ([None, True], "–")])
+def test_per_rank_memory_is_one_value_or_a_range(values, shown):
+    from app.run_data import _range
+
+    assert _range(values) == shown
+
+
 def test_runs_table_rows(tmp_path):
     from engine import runstore
 
