@@ -113,7 +113,9 @@ def _headline(snap: RunSnapshot) -> None:
     traffic = charts.comm_traffic_total(snap.latest)
     cols = st.columns(4)
     cols[0].metric("Loss (mean over ranks)", f"{last['loss_global']:.4f}" if last is not None else "–")
-    cols[1].metric("Held-out accuracy", accuracy_text(snap))
+    cols[1].metric("Held-out accuracy", accuracy_text(snap),
+                   help=None if snap.active or not snap.evals.empty else f"Not evaluated: the run was {snap.state} before "
+                   "its held-out evaluation.")
     cols[2].metric("Throughput (samples/s)", f"{last['samples_per_s']:,.0f}" if last is not None else "–")
     cols[3].metric("Traffic per step per rank", f"{psi_units:.2f} Ψ" if psi_units is not None else "–",
                    help=f"{charts.TRAFFIC_NOTE}." + (f" {format_bytes(traffic)} per step." if traffic else ""))
