@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.run_data import UNREADABLE, MetricsTail, metrics_csv, run_stamp, runs_dir
+from app.run_data import UNREADABLE, MetricsTail, RunSnapshot, RunUnreadable, load_snapshot, metrics_csv, run_stamp, runs_dir
 from engine import runstore
 
 LIST_RUNS_TTL_S = 2.0  # a new run or a changed state shows within this; a page rerun costs no folder scan
@@ -56,3 +56,15 @@ def csv(run_id: str) -> bytes:
 def metrics_tail(run_dir: str) -> MetricsTail:
     """One incremental reader per run, shared by every session watching it."""
     return MetricsTail(Path(run_dir))
+
+
+def snapshots(labels: dict[str, str]) -> tuple[dict[str, RunSnapshot], dict[str, str]]:
+    """Snapshots of several runs ({run id: label} in, {label: snapshot} out), and {run id: why} for unreadable ones."""
+    found, unreadable = {}, {}
+    for run_id, label in labels.items():
+        path = runs_dir() / run_id
+        try:
+            found[label] = load_snapshot(path, metrics_tail(str(path)))
+        except RunUnreadable as error:
+            unreadable[run_id] = str(error)
+    return found, unreadable

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import charts, loaders, state
-from app.run_data import TABLE_WIDTHS_PX, UNREADABLE, RunUnreadable, load_snapshot, runs_dir, runs_table
+from app.run_data import TABLE_WIDTHS_PX, UNREADABLE, runs_dir, runs_table
 from app.run_view import show_run
 from engine.spec import STRATEGIES
 
@@ -55,12 +55,9 @@ with compare_tab:
         st.info("Choose two or more runs. With the same model, data and seed, DDP and every ZeRO stage should "
                 "draw the same loss curve: they compute the same update.", icon=":material/info:")
     else:
-        snaps = {}
-        for r in chosen:
-            try:
-                snaps[short[r]] = load_snapshot(root / r, loaders.metrics_tail(str(root / r)))
-            except RunUnreadable as error:
-                st.warning(f"Run '{r}' cannot be read: {error}", icon=":material/help:")
+        snaps, unreadable = loaders.snapshots({r: short[r] for r in chosen})
+        for r, why in unreadable.items():
+            st.warning(f"Run '{r}' cannot be read: {why}", icon=":material/help:")
         waiting = [k for k, s in snaps.items() if s.train.empty]
         if waiting:
             st.caption("No training step yet (nothing to draw): " + ", ".join(f"{k} ({snaps[k].state})" for k in waiting))
