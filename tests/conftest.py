@@ -61,6 +61,7 @@ def full_error_details_in_apptest():
     from streamlit import config
 
     before = config.get_option("client.showErrorDetails"), config.get_where_defined("client.showErrorDetails")
-    config.set_option("client.showErrorDetails", "full")
+    # Set as a flag would set it: an explicit choice, which app/serving.py accepts.
+    config.set_option("client.showErrorDetails", "full", where_defined="command-line argument or environment variable")
     yield
     config.set_option("client.showErrorDetails", before[0], where_defined=before[1])
