@@ -1,13 +1,18 @@
 """Chart builders: pure functions from the contract's metric frames to Altair charts (no streamlit).
 
-Frames are in bytes, as recorded; each chart converts to one display unit (KiB = 2^10, MiB = 2^20,
-GiB = 2^30 bytes) picked from its largest value and names it in the axis title.
+Frames are in bytes, as recorded; each chart converts to one display unit picked by engine.units from
+its largest value and says what the unit means in the axis title. Communication is drawn as traffic in
+the ZeRO paper's convention (an all-reduce counts twice its payload); the raw payload per collective
+stays in the tooltips and in the metrics CSV. Every chart fits a 1,280 px window at 2 to 8 ranks:
+per-rank and per-run panels wrap into rows.
 """
 
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
+
+from engine.units import display_unit, unit_note
 
 # Model state as the ZeRO paper splits it, plus what the process holds besides (RSS or CUDA allocated).
 STATE_CATEGORIES = {  # metric name -> label a student reads
@@ -26,21 +31,40 @@ CATEGORY_COLORS = {
     OTHER_LABEL: "#BAB0AC",
     OTHER_LABEL_CUDA: "#BAB0AC",
 }
-PHASES = {"forward": "forward", "backward": "backward", "step": "optimizer step"}  # state read after each
+PHASES = {"forward": "forward", "backward": "backward", "step": "step"}  # state read after each (step: optimizer step)
 OP_COLORS = {"all_reduce": "#4C78A8", "broadcast": "#54A24B", "all_gather": "#B279A2", "reduce_scatter": "#F58518"}
 # The ZeRO paper's convention: a ring all-reduce is a reduce-scatter plus an all-gather, so it moves 2x its payload.
 PAPER_WEIGHT = {"all_reduce": 2}
+TRAFFIC_NOTE = "ZeRO paper convention: an all-reduce counts twice its payload"
 MEAN_LABEL = "mean over ranks"
 CHART_HEIGHT = 300
 RANK_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#FF9DA6"]
+# Runs compared on one axis: distinct hues (Streamlit's own palette starts with two blues).
+RUN_COLORS = ["#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#17BECF"]
+# Width a chart may take beside the sidebar in a 1,280 px window; faceted panels wrap into rows beyond it.
+PANEL_BUDGET_PX = 820  # measured: the main column is 820 px wide at 1,280 px with the sidebar open
+PANEL_GAP_PX = 40  # padding between panels; the shared y axis is drawn once per row
 
 
-def byte_unit(max_bytes: float) -> tuple[float, str]:
-    """(divisor, label) of the binary unit that keeps the largest value readable."""
-    for power, name in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
-        if max_bytes >= 1024**power:
-            return float(1024**power), f"{name} (2^{10 * power} bytes)"
-    return 1.0, "bytes"
+def byte_axis(max_bytes: float, what: str) -> tuple[int, str]:
+    """(divisor, axis title) for bytes: the unit engine.units picks for the largest value, and what it means."""
+    divisor, name = display_unit(max_bytes if pd.notna(max_bytes) else 0)
+    return divisor, f"{what} ({unit_note(name)})"
+
+
+def traffic_bytes(op: str, payload_bytes: float) -> float:
+    """Traffic of one collective in the ZeRO paper's convention: an all-reduce counts twice its payload."""
+    return PAPER_WEIGHT.get(op, 1) * payload_bytes
+
+
+def _wrap_columns(panel_px: int) -> int:
+    """How many panels of this width fit side by side in the chart budget."""
+    return max(1, PANEL_BUDGET_PX // (panel_px + PANEL_GAP_PX))
+
+
+def _rank_step_px(n_ranks: int) -> int:
+    """Bar width per rank: narrower when there are many ranks, so 8 still fit."""
+    return 44 if n_ranks <= 4 else 28
 
 
 def _rank_label(ranks: pd.Series) -> pd.Series:
@@ -104,22 +128,44 @@ def phase_frame(latest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rank", "phase", "category", "bytes"])
 
 
-def comm_frame(latest: pd.DataFrame, param_count: int | None, bytes_per_element: int = 4) -> pd.DataFrame:
-    """Long form per rank and collective: payload bytes this step and the paper's multiple of Ψ.
+def comm_ops(frame: pd.DataFrame) -> list[str]:
+    """Collectives recorded in a frame (from the `comm/<op>/bytes` keys)."""
+    return sorted({k.split("/")[1] for k in frame.columns if k.startswith("comm/") and k.endswith("/bytes")})
 
-    psi_units = weight x payload / (param_count x bytes_per_element), weight 2 for all-reduce, else 1.
+
+def comm_frame(latest: pd.DataFrame, param_count: int | None, bytes_per_element: int = 4) -> pd.DataFrame:
+    """Long form per rank and collective: payload bytes this step, traffic bytes and the paper's multiple of Ψ.
+
+    traffic_bytes = weight x payload (weight 2 for all-reduce, else 1); psi_units = traffic / (Ψ x bytes_per_element).
     """
-    ops = sorted({k.split("/")[1] for k in latest.columns if k.startswith("comm/") and k.endswith("/bytes")})
+    ops = comm_ops(latest)
+    psi_bytes = param_count * bytes_per_element if param_count else None
     rows = []
     for _, rec in latest.iterrows():
         for op in ops:
             payload = rec.get(f"comm/{op}/bytes")
             if pd.isna(payload) or not payload:
                 continue
-            psi_bytes = param_count * bytes_per_element if param_count else None
-            rows.append({"rank": int(rec["rank"]), "op": op, "bytes": float(payload),
-                         "psi_units": PAPER_WEIGHT.get(op, 1) * float(payload) / psi_bytes if psi_bytes else None})
-    return pd.DataFrame(rows, columns=["rank", "op", "bytes", "psi_units"])
+            traffic = traffic_bytes(op, float(payload))
+            rows.append({"rank": int(rec["rank"]), "op": op, "bytes": float(payload), "traffic_bytes": traffic,
+                         "psi_units": traffic / psi_bytes if psi_bytes else None})
+    return pd.DataFrame(rows, columns=["rank", "op", "bytes", "traffic_bytes", "psi_units"])
+
+
+def cumulative_traffic_frame(train: pd.DataFrame) -> pd.DataFrame:
+    """step, rank, cumulative payload bytes and cumulative traffic bytes (paper convention).
+
+    The worker records the cumulative payload; each record's own traffic/payload ratio turns it into
+    traffic. That is exact because a strategy issues the same collectives every step.
+    """
+    ops = comm_ops(train)
+    payload = train[[f"comm/{op}/bytes" for op in ops]].fillna(0).sum(axis=1) if ops else pd.Series(0.0, index=train.index)
+    traffic = sum((traffic_bytes(op, 1.0) * train[f"comm/{op}/bytes"].fillna(0) for op in ops),
+                  pd.Series(0.0, index=train.index))
+    ratio = (traffic / payload.where(payload > 0)).fillna(1.0)
+    cum_payload = train["comm/cum_payload_bytes"] if "comm/cum_payload_bytes" in train else pd.Series(float("nan"), index=train.index)
+    return pd.DataFrame({"step": train["step"], "rank": train["rank"], "payload_bytes": cum_payload,
+                         "traffic_bytes": cum_payload * ratio}, index=train.index)
 
 
 def comm_psi_total(latest: pd.DataFrame, param_count: int | None, bytes_per_element: int = 4) -> float | None:
@@ -130,6 +176,14 @@ def comm_psi_total(latest: pd.DataFrame, param_count: int | None, bytes_per_elem
     return float(frame[frame["rank"] == frame["rank"].min()]["psi_units"].sum())
 
 
+def comm_traffic_total(latest: pd.DataFrame) -> float | None:
+    """The newest step's traffic per rank in bytes, paper convention (rank 0's; every rank moves the same)."""
+    frame = comm_frame(latest, None)
+    if frame.empty:
+        return None
+    return float(frame[frame["rank"] == frame["rank"].min()]["traffic_bytes"].sum())
+
+
 # ---------- charts ----------
 
 
@@ -137,7 +191,7 @@ def loss_chart(train: pd.DataFrame) -> alt.Chart:
     """Loss vs step: a line per rank (its own slice of the batch) and a dashed one for the mean over ranks."""
     data = loss_frame(train)
     series = alt.Color("series:N", title=None, scale=_rank_scale(train["rank"].unique()),
-                       legend=alt.Legend(orient="top", symbolStrokeWidth=3))
+                       legend=_rank_legend(train["rank"], extra=1))
     return (
         alt.Chart(data, title="Training loss")
         .mark_line(strokeWidth=2)
@@ -173,7 +227,7 @@ def accuracy_chart(evals: pd.DataFrame) -> alt.Chart:
 def memory_chart(latest: pd.DataFrame, cuda: bool = False) -> alt.Chart:
     """Stacked bars, one per rank: what each rank holds after the newest optimizer step."""
     data = memory_frame(latest, "step", cuda)
-    divisor, unit = byte_unit(data.groupby("rank")["bytes"].sum().max() if not data.empty else 0)
+    divisor, unit = byte_axis(data.groupby("rank")["bytes"].sum().max() if not data.empty else 0, "memory")
     data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
     return (
         alt.Chart(data, title="Memory per rank after the newest step")
@@ -195,15 +249,16 @@ def memory_over_steps_chart(train: pd.DataFrame, cuda: bool = False) -> alt.Char
     """Each rank's process memory over steps: RSS on CPU, CUDA allocated on GPU."""
     key, what = ("cuda_allocated_bytes", "CUDA allocated") if cuda else ("rss_bytes", "RSS")
     data = pd.DataFrame({"step": train["step"], "rank": _rank_label(train["rank"]), "bytes": train[key]})
-    divisor, unit = byte_unit(data["bytes"].max() if not data.empty else 0)
+    divisor, unit = byte_axis(data["bytes"].max() if not data.empty else 0, what)
     data["amount"] = data["bytes"] / divisor
     return (
         alt.Chart(data, title=f"{what} per rank over steps")
         .mark_line()
         .encode(
             x=alt.X("step:Q", title="step"),
-            y=alt.Y("amount:Q", title=unit, scale=alt.Scale(zero=False)),
-            color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
+            # From zero: a 0.2 MiB wobble on 311 MiB must not look like growth.
+            y=alt.Y("amount:Q", title=unit, scale=alt.Scale(zero=True)),
+            color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=_rank_legend(data["rank"])),
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("amount:Q", title=unit, format=",.2f")],
         )
         .properties(height=CHART_HEIGHT)
@@ -217,76 +272,107 @@ def _category_order(categories: pd.Series) -> list[str]:
 def _category_color(categories: pd.Series, legend_columns: int | None = None) -> alt.Color:
     """Model-state categories in their fixed colours and order, legend on top (shared by the memory charts)."""
     order = _category_order(categories)
-    legend = alt.Legend(orient="top", columns=legend_columns) if legend_columns else alt.Legend(orient="top")
+    legend = (alt.Legend(orient="top", columns=legend_columns, labelLimit=400) if legend_columns
+              else alt.Legend(orient="top", labelLimit=400))  # "master params (ZeRO-2 shards)" in full
     return alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                      legend=legend)
 
 
-def phase_chart(latest: pd.DataFrame) -> alt.Chart:
-    """Model state after forward, after backward and after the optimizer step, one panel per rank."""
+def phase_chart(latest: pd.DataFrame) -> alt.FacetChart:
+    """Model state after forward, after backward and after the optimizer step, one panel per rank (wrapping)."""
     data = phase_frame(latest)
     top = data.groupby(["rank", "phase"])["bytes"].sum().max() if not data.empty else 0
-    divisor, unit = byte_unit(top)
+    divisor, unit = byte_axis(top, "model state")
+    ranks = sorted(data["rank"].unique()) if not data.empty else [0]
+    step_px = 50
     data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
-    return (
-        alt.Chart(data)
+    bars = (
+        alt.Chart()
         .mark_bar()
         .encode(
-            x=alt.X("phase:N", title="after", sort=list(PHASES.values()), axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("amount:Q", title=f"model state, {unit}", stack="zero"),
+            # Angled: level labels three to a 150 px panel would drop "backward" as overlapping.
+            x=alt.X("phase:N", title="after", sort=list(PHASES.values()), axis=alt.Axis(labelAngle=-30, labelOverlap=False)),
+            y=alt.Y("amount:Q", title=unit, stack="zero"),
             color=_category_color(data["category"]),
-            column=alt.Column("rank:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
-            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("phase:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f")],
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("phase:N"), alt.Tooltip("category:N"),
+                     alt.Tooltip("amount:Q", title=unit, format=",.3f"), alt.Tooltip("bytes:Q", format=",.0f")],
         )
-        .properties(height=CHART_HEIGHT - 40, width=alt.Step(95), title="Model state by phase of the newest step")
+        .properties(height=CHART_HEIGHT - 110, width=alt.Step(step_px))
+    )
+    return alt.FacetChart(
+        data=data, spec=bars,
+        facet=alt.Facet("rank:N", title=None, sort=[f"rank {r}" for r in ranks],
+                        header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
+        columns=_wrap_columns(step_px * len(PHASES)),
+        title="Model state by phase of the newest step",
     )
 
 
 def comm_chart(latest: pd.DataFrame, param_count: int | None, bytes_per_element: int = 4) -> alt.LayerChart:
-    """Payload bytes of the newest step per rank, stacked by collective, labelled with the paper's multiple of Ψ."""
+    """Traffic of the newest step per rank (paper convention), stacked by collective, labelled in units of Ψ."""
     data = comm_frame(latest, param_count, bytes_per_element)
-    totals = data.groupby("rank", as_index=False).agg(bytes=("bytes", "sum"), psi_units=("psi_units", "sum"))
-    divisor, unit = byte_unit(totals["bytes"].max() if not totals.empty else 0)
-    data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
-    totals = totals.assign(rank=_rank_label(totals["rank"]), amount=totals["bytes"] / divisor,
-                           label=totals["psi_units"].map(lambda u: f"{u:.2f} Ψ" if pd.notna(u) else ""))
-    ops = list(dict.fromkeys([*[o for o in OP_COLORS if o in set(data["op"])], *sorted(set(data["op"]))]))
+    totals = data.groupby("rank", as_index=False).agg(traffic_bytes=("traffic_bytes", "sum"), psi_units=("psi_units", "sum"))
+    divisor, unit = byte_axis(totals["traffic_bytes"].max() if not totals.empty else 0, "traffic per step")
+    data = data.assign(rank=_rank_label(data["rank"]), amount=data["traffic_bytes"] / divisor)
+    totals = totals.assign(rank=_rank_label(totals["rank"]), amount=totals["traffic_bytes"] / divisor,
+                           label=totals["psi_units"].map(lambda u: f"{u:.2f} Ψ" if pd.notna(u) and u else ""))
     bars = (
         alt.Chart(data)
         .mark_bar()
         .encode(
             x=alt.X("rank:N", title=None, sort=None, axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("amount:Q", title=f"payload per step, {unit}", stack="zero"),
-            color=alt.Color("op:N", title=None, scale=alt.Scale(domain=ops, range=[OP_COLORS.get(o, "#9D755D") for o in ops]),
-                            legend=alt.Legend(orient="top")),
-            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("op:N"), alt.Tooltip("bytes:Q", format=",.0f", title="payload bytes"),
-                     alt.Tooltip("psi_units:Q", format=".2f", title="paper units of Ψ")],
+            y=alt.Y("amount:Q", title=unit, stack="zero"),
+            color=_op_color(data["op"]),
+            tooltip=_comm_tooltip(unit),
         )
     )
-    labels = alt.Chart(totals).mark_text(dy=-8, fontSize=14, fontWeight="bold").encode(
+    labels = alt.Chart(totals).mark_text(dy=-8, fontSize=14 if len(totals) <= 4 else 11, fontWeight="bold").encode(
         x=alt.X("rank:N", sort=None), y=alt.Y("amount:Q"), text=alt.Text("label:N")
     )
-    return alt.layer(bars, labels).properties(title="Communication per step (payload, by collective)",
-                                                         height=CHART_HEIGHT)
+    return alt.layer(bars, labels).properties(
+        title=alt.Title("Traffic per step, by collective", subtitle=TRAFFIC_NOTE), height=CHART_HEIGHT
+    )
+
+
+def _op_color(ops: pd.Series) -> alt.Color:
+    present = set(ops)
+    order = [o for o in OP_COLORS if o in present] + sorted(present - set(OP_COLORS))
+    return alt.Color("op:N", title=None, scale=alt.Scale(domain=order, range=[OP_COLORS.get(o, "#9D755D") for o in order]),
+                     legend=alt.Legend(orient="top"))
+
+
+def _comm_tooltip(unit: str, run: bool = False) -> list:
+    """Traffic as drawn, and the raw payload each rank handed to the collective."""
+    return [*([alt.Tooltip("run:N")] if run else []), alt.Tooltip("rank:N"), alt.Tooltip("op:N"),
+            alt.Tooltip("amount:Q", title=unit, format=",.3f"),
+            alt.Tooltip("traffic_bytes:Q", format=",.0f", title="traffic bytes (all-reduce ×2)"),
+            alt.Tooltip("bytes:Q", format=",.0f", title="payload bytes (raw)"),
+            alt.Tooltip("psi_units:Q", format=".2f", title="units of Ψ")]
 
 
 def cumulative_comm_chart(train: pd.DataFrame) -> alt.Chart:
-    """Payload bytes sent since the start, per rank."""
-    data = pd.DataFrame({"step": train["step"], "rank": _rank_label(train["rank"]),
-                         "bytes": train.get("comm/cum_payload_bytes", pd.Series(dtype=float))})
-    divisor, unit = byte_unit(data["bytes"].max() if not data.empty else 0)
-    data["amount"] = data["bytes"] / divisor
+    """Traffic since the start, per rank, in the paper's convention (raw payload in the tooltip)."""
+    data = cumulative_traffic_frame(train)
+    divisor, unit = byte_axis(data["traffic_bytes"].max() if not data.empty else 0, "traffic since start")
+    data = data.assign(rank=_rank_label(data["rank"]), amount=data["traffic_bytes"] / divisor)
     return (
-        alt.Chart(data, title="Cumulative communication payload")
+        alt.Chart(data, title=alt.Title("Cumulative traffic", subtitle=TRAFFIC_NOTE))
         .mark_line()
         .encode(
             x=alt.X("step:Q", title="step"),
             y=alt.Y("amount:Q", title=unit),
-            color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
-            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("amount:Q", title=unit, format=",.2f")],
+            color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=_rank_legend(data["rank"])),
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("amount:Q", title=unit, format=",.2f"),
+                     alt.Tooltip("payload_bytes:Q", format=",.0f", title="payload bytes (raw)")],
         )
         .properties(height=CHART_HEIGHT)
     )
+
+
+def _rank_legend(labels: pd.Series, extra: int = 0) -> alt.Legend:
+    """A legend on top that wraps into two rows rather than running off a half-width chart at 8 ranks."""
+    n = labels.nunique() + extra
+    return alt.Legend(orient="top", columns=n if n <= 5 else (n + 1) // 2, symbolStrokeWidth=3)
 
 
 def throughput_chart(train: pd.DataFrame) -> alt.Chart:
@@ -310,7 +396,7 @@ def step_time_chart(train: pd.DataFrame) -> alt.Chart:
         alt.Chart(data, title="Step time")
         .mark_line()
         .encode(x=alt.X("step:Q", title="step"), y=alt.Y("step_time_ms:Q", title="ms per step"),
-                color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=alt.Legend(orient="top")),
+                color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=_rank_legend(data["rank"])),
                 tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("step_time_ms:Q", format=",.1f")])
         .properties(height=CHART_HEIGHT - 60)
     )
@@ -318,75 +404,97 @@ def step_time_chart(train: pd.DataFrame) -> alt.Chart:
 
 # ---------- comparing runs ----------
 
-RUN_PANEL_STEP = 80  # px per rank bar: a panel is wide enough to carry its run's name
-
-
-def _panel_px(data: pd.DataFrame) -> int:
-    return max(120, RUN_PANEL_STEP * (data["rank"].nunique() if not data.empty else 1))
-
-
 
 def compare_loss_chart(trains: dict[str, pd.DataFrame]) -> alt.Chart:
-    """The mean-over-ranks loss of several runs on one axis (DDP and every ZeRO stage should overlap)."""
+    """The mean-over-ranks loss of several runs on one axis (DDP and every ZeRO stage should overlap).
+
+    A run without a training step yet (cancelled early, failed at start, still starting) adds no line.
+    """
     parts = []
     for label, train in trains.items():
-        rank0 = train[train["rank"] == train["rank"].min()] if not train.empty else train
-        parts.append(pd.DataFrame({"run": label, "step": rank0.get("step"), "loss": rank0.get("loss_global")}))
+        if train.empty or "loss_global" not in train:
+            continue
+        rank0 = train[train["rank"] == train["rank"].min()]
+        parts.append(pd.DataFrame({"run": label, "step": rank0["step"], "loss": rank0["loss_global"]}))
     data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "step", "loss"])
+    labels = list(trains)
     return (
         alt.Chart(data, title="Loss (mean over ranks), runs overlaid")
-        .mark_line(strokeWidth=2.5, opacity=0.8)
-        .encode(x=alt.X("step:Q", title="step"), y=alt.Y("loss:Q", title="loss"),
-                color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top", columns=1, labelLimit=400)),
-                strokeDash=alt.StrokeDash("run:N", legend=None),
+        .mark_line(strokeWidth=2.5, opacity=0.85)
+        .encode(x=alt.X("step:Q", title="step"),
+                y=alt.Y("loss:Q", title="loss (cross-entropy)", scale=alt.Scale(zero=False)),  # fit the curves
+                color=alt.Color("run:N", title=None, scale=alt.Scale(domain=labels, range=_run_colors(labels)),
+                                legend=alt.Legend(orient="top", columns=1, labelLimit=400)),
+                strokeDash=alt.StrokeDash("run:N", legend=None),  # identical curves overlap: dashes show both
                 tooltip=[alt.Tooltip("run:N"), alt.Tooltip("step:Q"), alt.Tooltip("loss:Q", format=".5f")])
         .properties(height=CHART_HEIGHT + 40)
     )
 
 
-def compare_memory_chart(latests: dict[str, pd.DataFrame]) -> alt.Chart:
+def _run_colors(labels: list[str]) -> list[str]:
+    return [RUN_COLORS[i % len(RUN_COLORS)] for i in range(len(labels))]
+
+
+def _run_facet(data: pd.DataFrame, runs: list[str], panel_px: int) -> dict:
+    """One panel per run, wrapping into rows, each headed by the run's name."""
+    return dict(facet=alt.Facet("run:N", title=None, sort=runs, header=alt.Header(labelFontSize=12, labelLimit=panel_px + 40)),
+                columns=_wrap_columns(panel_px))
+
+
+def compare_memory_chart(latests: dict[str, pd.DataFrame]) -> alt.FacetChart:
     """Model state per rank after the newest step, one panel per run, on one shared axis."""
     parts = [memory_frame(latest).assign(run=label) for label, latest in latests.items()]
     data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["rank", "category", "bytes", "run"])
     data = data[~data["category"].isin([OTHER_LABEL, OTHER_LABEL_CUDA])]  # compare model state; RSS noise hides it
-    divisor, unit = byte_unit(data.groupby(["run", "rank"])["bytes"].sum().max() if not data.empty else 0)
-    data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
-    return (
-        alt.Chart(data)
+    divisor, unit = byte_axis(data.groupby(["run", "rank"])["bytes"].sum().max() if not data.empty else 0, "model state")
+    n_ranks = max(1, data["rank"].nunique())
+    step_px = _rank_step_px(n_ranks)
+    data = data.assign(rank=data["rank"].astype(int), amount=data["bytes"] / divisor)
+    bars = (
+        alt.Chart()
         .mark_bar()
         .encode(
-            x=alt.X("rank:N", title=None, axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("amount:Q", title=f"model state, {unit}", stack="zero"),
+            x=alt.X("rank:O", title="rank", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("amount:Q", title=unit, stack="zero"),
             color=_category_color(data["category"]),
-            column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=_panel_px(data))),
-            tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("amount:Q", title=unit, format=",.3f")],
+            tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:O"), alt.Tooltip("category:N"),
+                     alt.Tooltip("amount:Q", title=unit, format=",.3f"), alt.Tooltip("bytes:Q", format=",.0f")],
         )
-        .properties(height=CHART_HEIGHT, width=alt.Step(RUN_PANEL_STEP), title="Model state per rank")
+        .properties(height=CHART_HEIGHT - 60, width=alt.Step(step_px))
     )
+    return alt.FacetChart(data=data, spec=bars, title="Model state per rank",
+                          **_run_facet(data, list(latests), step_px * n_ranks))
 
 
 def compare_comm_chart(latests: dict[str, pd.DataFrame], param_counts: dict[str, int | None],
-                       bytes_per_element: dict[str, int]) -> alt.Chart:
-    """Payload per step per rank, one panel per run, stacked by collective."""
+                       bytes_per_element: dict[str, int]) -> alt.FacetChart:
+    """Traffic per step per rank (paper convention), one panel per run, stacked by collective, totals in Ψ."""
     parts = [comm_frame(latest, param_counts.get(label), bytes_per_element.get(label, 4)).assign(run=label)
              for label, latest in latests.items()]
-    data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["rank", "op", "bytes", "psi_units", "run"])
-    divisor, unit = byte_unit(data.groupby(["run", "rank"])["bytes"].sum().max() if not data.empty else 0)
-    data = data.assign(rank=_rank_label(data["rank"]), amount=data["bytes"] / divisor)
-    ops = [o for o in OP_COLORS if o in set(data["op"])] + sorted(set(data["op"]) - set(OP_COLORS))
-    return (
-        alt.Chart(data)
-        .mark_bar()
-        .encode(
-            x=alt.X("rank:N", title=None, axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("amount:Q", title=f"payload per step, {unit}", stack="zero"),
-            color=alt.Color("op:N", title=None, scale=alt.Scale(domain=ops, range=[OP_COLORS.get(o, "#9D755D") for o in ops]),
-                            legend=alt.Legend(orient="top")),
-            column=alt.Column("run:N", title=None, header=alt.Header(labelFontSize=12, labelLimit=_panel_px(data))),
-            tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rank:N"), alt.Tooltip("op:N"), alt.Tooltip("bytes:Q", format=",.0f"),
-                     alt.Tooltip("psi_units:Q", format=".2f", title="paper units of Ψ")],
-        )
-        .properties(height=CHART_HEIGHT, width=alt.Step(RUN_PANEL_STEP), title="Communication per step")
+    columns = ["rank", "op", "bytes", "traffic_bytes", "psi_units", "run"]
+    data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    divisor, unit = byte_axis(data.groupby(["run", "rank"])["traffic_bytes"].sum().max() if not data.empty else 0,
+                              "traffic per step")
+    n_ranks = max(1, data["rank"].nunique())
+    step_px = _rank_step_px(n_ranks)
+    data = data.assign(rank=data["rank"].astype(int), amount=data["traffic_bytes"] / divisor)
+    bars = alt.Chart().mark_bar().encode(
+        x=alt.X("rank:O", title="rank", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("amount:Q", title=unit, stack="zero"),
+        color=_op_color(data["op"]),
+        tooltip=_comm_tooltip(unit, run=True),
+    )
+    totals = (
+        alt.Chart()
+        .transform_aggregate(total="sum(amount)", psi="sum(psi_units)", groupby=["run", "rank"])
+        .transform_calculate(label="datum.psi > 0 ? format(datum.psi, '.1f') + ' Ψ' : ''")
+        .mark_text(dy=-7, fontSize=11 if n_ranks <= 4 else 9, fontWeight="bold")
+        .encode(x=alt.X("rank:O"), y=alt.Y("total:Q"), text=alt.Text("label:N"))
+    )
+    return alt.FacetChart(
+        data=data, spec=alt.LayerChart(layer=[bars, totals]).properties(height=CHART_HEIGHT - 60, width=alt.Step(step_px)),
+        title=alt.Title("Traffic per step", subtitle=TRAFFIC_NOTE),
+        **_run_facet(data, list(latests), step_px * n_ranks),
     )
 
 
@@ -430,7 +538,7 @@ def shard_layout_chart(n_ranks: int) -> alt.FacetChart:
     text = base.mark_text(fontSize=12, color="black").encode(text=alt.Text("label:N"))
     return (
         alt.layer(cells, text, data=data)
-        .properties(width=alt.Step(70), height=alt.Step(28))
+        .properties(width=alt.Step(52), height=alt.Step(28))  # four stages side by side fit a 1,280 px window
         .facet(column=alt.Column("stage:N", title=None, sort=list(STAGE_SHARDS),
                                  header=alt.Header(labelFontSize=14, labelFontWeight="bold", labelOrient="bottom")))
     )

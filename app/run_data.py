@@ -6,6 +6,7 @@ No streamlit here, so the benchmark and the tests call exactly what the live vie
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,16 +15,48 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from app.charts import traffic_bytes
 from engine import runstore
+from engine.units import display_unit, format_bytes
 
 MAX_POINTS_PER_SERIES = 1000  # Altair stays smooth at ~1k points per line; 10k is too heavy for a 1 s refresh
 ACTIVE_STATES = runstore.ACTIVE_STATES
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+UNREADABLE = "unreadable"  # list_runs' state for a folder that cannot be read (its "error" says why)
+# A run id is one plain folder name: no separator, no leading dot, bounded length (run ids are ~25 characters).
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Lines torchrun and gloo print when a cancel stops the ranks: expected, not errors.
+SHUTDOWN_NOISE = re.compile(
+    r"death signal|closing signal SIG|SignalException|got signal: 15|Received SIG|Signals\.SIGTERM"
+    r"|Connection closed by peer|Connection reset by peer|Traceback \(most recent call last\)"
+)
+
+
+class RunUnreadable(Exception):
+    """The run folder exists but its spec or status cannot be read (the message says why)."""
 
 
 def runs_dir() -> Path:
     """The runs folder, read from SHARDLAB_RUNS_DIR at call time (tests point it at a temp dir)."""
     return runstore.runs_dir_default()
+
+
+def find_run(run_id: object, root: Path | None = None) -> Path | None:
+    """The folder of run `run_id` inside the runs folder, or None.
+
+    Only a plain run id is accepted (so `../elsewhere`, an absolute path or a 5,000-character value name
+    nothing), and the folder must resolve to a direct child of the runs folder and hold a spec.json.
+    """
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        return None
+    root = Path(root or runs_dir())
+    path = root / run_id
+    try:
+        if path.resolve().parent != root.resolve() or not (path / "spec.json").is_file():
+            return None
+    except OSError:  # a symlink loop, a permission error: not a run
+        return None
+    return path
 
 
 class MetricsTail:
@@ -62,11 +95,21 @@ class MetricsTail:
                         record = json.loads(line)
                     except ValueError:
                         continue  # a garbled line (killed writer) is skipped, never fatal
-                    (new_train if record.get("kind") == "train" else self.events).append(record)
+                    if not isinstance(record, dict) or not _whole(record.get("rank")):
+                        continue  # `42`, `[1,2]` or a record without a rank: not a record of this run
+                    if record.get("kind") == "train":
+                        if _whole(record.get("step")):
+                            new_train.append(record)
+                    else:
+                        self.events.append(record)
             if new_train:
                 frame = pd.concat([self._train, pd.DataFrame.from_records(new_train)], ignore_index=True)
                 self._train = frame.sort_values(["rank", "step"], kind="stable").reset_index(drop=True)
             return self._train
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def downsample(train: pd.DataFrame, max_points: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
@@ -132,7 +175,15 @@ class RunSnapshot:
 def load_snapshot(run_dir: Path, tail: MetricsTail | None = None, log_lines: int = 30) -> RunSnapshot:
     """Reads status, spec, metrics (through `tail`, incrementally, when given) and the log tail."""
     run_dir = Path(run_dir)
-    status = runstore.read_status(run_dir)
+    try:
+        status = runstore.read_status(run_dir)
+        spec = json.loads((run_dir / "spec.json").read_bytes())
+    except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
+        raise RunUnreadable(f"{type(error).__name__}: {error}") from error
+    if not isinstance(spec, dict) or not isinstance(status, dict):
+        raise RunUnreadable("spec.json and status.json must each hold one JSON object")
+    if status.get("state") == UNREADABLE:
+        raise RunUnreadable(str(status.get("error", "no reason given")))
     tail = tail or MetricsTail(run_dir)
     train = tail.update()
     events = list(tail.events)
@@ -143,11 +194,11 @@ def load_snapshot(run_dir: Path, tail: MetricsTail | None = None, log_lines: int
     return RunSnapshot(
         run_id=run_dir.name,
         status=status,
-        spec=json.loads((run_dir / "spec.json").read_text()),
+        spec=spec,
         train=downsample(train),
         latest=latest_per_rank(train),
         evals=evals[["step", "eval_loss", "eval_accuracy"]] if not evals.empty else evals,
-        starts=sorted((e for e in events if e.get("kind") == "start"), key=lambda e: e["rank"]),
+        starts=sorted((e for e in events if e.get("kind") == "start"), key=lambda e: e["rank"]),  # rank: checked
         errors=[e for e in events if e.get("kind") == "error"],
         steps_done=int(train["step"].max()) if not train.empty else 0,
         log=runstore.log_tail(run_dir, log_lines),
@@ -202,30 +253,92 @@ def run_stamp(run_dir: Path) -> tuple:
     return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths if p.exists())
 
 
-def _per_rank(values: list[float], divisor: float) -> str:
-    return " · ".join(f"{v / divisor:,.4g}" for v in values) if values else "–"
+def split_shutdown_noise(log: str, state: str) -> tuple[str, str]:
+    """(log, shutdown messages): in a cancelled run, everything from the first line torchrun or gloo prints
+    while stopping the ranks (a SignalException traceback, "Connection closed by peer") is expected noise."""
+    if state != "cancelled":
+        return log, ""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if SHUTDOWN_NOISE.search(line):
+            return "\n".join(lines[:i]), "\n".join(lines[i:])
+    return log, ""
+
+
+NOT_EVALUATED = "skipped"  # short: a metric tile at a quarter of the page shows about ten characters
+
+
+def accuracy_text(snap: RunSnapshot) -> str:
+    """The held-out accuracy headline: the newest value, 'after eval' while one is still to come, else 'skipped'
+    (a cancelled or failed run will never evaluate)."""
+    if not snap.evals.empty:
+        return f"{snap.evals['eval_accuracy'].iloc[-1]:.1%}"
+    return "after eval" if snap.active else NOT_EVALUATED
+
+
+def _range(values: list) -> str:
+    """'35.5 KiB' when every rank holds the same, else 'min–max' in one unit: fits a column at 8 ranks."""
+    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not values:
+        return "–"
+    low, high = min(values), max(values)
+    divisor, name = display_unit(high)
+    low_text, high_text = f"{low / divisor:,.3g}", f"{high / divisor:,.3g}"
+    if low_text == high_text:  # equal to three digits (RSS differs by a few kB between ranks)
+        return format_bytes(high)
+    return f"{low_text}–{high_text} {name}"
+
+
+def traffic_psi(summary: dict) -> float | None:
+    """Rank 0's traffic per step in units of Ψ (paper convention) from a runstore.summary."""
+    per_rank, psi = summary.get("per_rank") or [], summary.get("param_count")
+    if not per_rank or not psi:
+        return None
+    bytes_per_element = 8 if (summary.get("spec") or {}).get("precision") == "fp64" else 4
+    traffic = sum(traffic_bytes(op, b) for op, b in (per_rank[0].get("comm_bytes_per_step") or {}).items()
+                  if isinstance(b, (int, float)))
+    return traffic / (psi * bytes_per_element) if traffic else None
+
+
+# Column widths that fit the 820 px main column of a 1,280 px window (the note, when any, takes what is left).
+TABLE_WIDTHS_PX = {"run": 166, "status": 74, "strategy": 58, "ranks": 44, "model": 70, "steps": 52, "loss": 58,
+                   "accuracy": 62, "traffic": 62, "model state": 90, "peak RSS": 78, "note": 240}
 
 
 def runs_table(summaries: list[dict]) -> pd.DataFrame:
-    """One row per run for the Runs page; memory per rank shown in MiB (2^20 bytes), ranks separated by ·."""
+    """One row per run for the Runs page, narrow enough for a 1,280 px window at 8 ranks.
+
+    Each entry is a runstore.summary, or a list_runs entry in state "unreadable" (shown with its reason).
+    Memory is per rank: one value, or the range over ranks (ZeRO-1 splits by whole parameter, so ranks differ).
+    """
     from engine.spec import STRATEGIES
 
     rows = []
     for s in summaries:
-        spec, per_rank = s.get("spec", {}), s.get("per_rank", [])
+        status = s.get("status") or s.get("state")
+        spec = s.get("spec") if isinstance(s.get("spec"), dict) else {}
+        if status == UNREADABLE:
+            rows.append({"run": s.get("run_id"), "status": status, "note": str(s.get("error") or "")})
+            continue
+        per_rank = s.get("per_rank") or []
+        detail = s.get("status_detail") if isinstance(s.get("status_detail"), dict) else {}
         rows.append({
             "run": s["run_id"],
-            "status": s.get("status"),
+            "status": status,
             "strategy": STRATEGIES.get(spec.get("strategy"), {}).get("label", spec.get("strategy")),
             "ranks": spec.get("nproc", 1) * spec.get("nnodes", 1),
-            "model": f"{spec.get('model')} {spec.get('size')} · {spec.get('dataset')}",
+            "model": f"{spec.get('model')} {spec.get('size')}",
             "steps": f"{s.get('steps_done', 0)}/{spec.get('steps')}",
-            "final loss": s.get("final_loss"),
+            "loss": s.get("final_loss"),
             "accuracy": s.get("eval_accuracy"),
-            "peak RSS per rank (MiB)": _per_rank([r.get("peak_rss_bytes", 0) for r in per_rank], 2**20),
-            "model state per rank (MiB)": _per_rank([r["model_state_bytes"]["total"] for r in per_rank], 2**20),
+            "traffic": traffic_psi(s),
+            "model state": _range([r["model_state_bytes"]["total"] for r in per_rank]),
+            "peak RSS": _range([r.get("peak_rss_bytes") for r in per_rank]),
+            "note": str(detail.get("error") or detail.get("warning") or ""),
         })
-    return pd.DataFrame(rows)
+    columns = list(TABLE_WIDTHS_PX)
+    table = pd.DataFrame(rows, columns=columns)
+    return table if table["note"].astype(bool).any() else table.drop(columns="note")
 
 
 def metrics_csv(run_dir: Path) -> bytes:

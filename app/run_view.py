@@ -10,10 +10,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts
-from app.run_data import MetricsTail, RunSnapshot, failure_in_words, format_duration, load_snapshot, progress, runs_dir
-from engine import runstore
+from app import charts, state
+from app.loaders import metrics_tail
+from app.run_data import (RunSnapshot, RunUnreadable, accuracy_text, failure_in_words, find_run, format_duration,
+                          load_snapshot, progress, runs_dir, split_shutdown_noise)
+from engine import launcher, runstore
 from engine.spec import STRATEGIES
+from engine.units import format_bytes
 
 REFRESH_S = 1.0
 STATE_BADGES = {  # state -> (label, color, icon)
@@ -22,6 +25,7 @@ STATE_BADGES = {  # state -> (label, color, icon)
     "succeeded": ("succeeded", "green", ":material/check_circle:"),
     "failed": ("failed", "red", ":material/error:"),
     "cancelled": ("cancelled", "orange", ":material/cancel:"),
+    "unreadable": ("unreadable", "gray", ":material/help:"),
 }
 RSS_CAPTION = (
     "RSS is what the operating system counts for each rank's process. Under the default glibc malloc, "
@@ -34,42 +38,47 @@ RSS_CAPTION_ACCURATE = (
     "operating system, so RSS follows what each rank really holds."
 )
 COMM_CAPTION = (
-    "Payload = bytes this rank handed to each collective in the newest step. Ψ = parameter count × {bpe} bytes. "
-    "The labels use the ZeRO paper's convention: an all-reduce counts **2× its payload** (a ring all-reduce is "
-    "a reduce-scatter followed by an all-gather), so DDP shows 2Ψ, ZeRO-2 2Ψ and ZeRO-3 3Ψ (one more all-gather of "
-    "the parameters for the backward). PyTorch's ZeroRedundancyOptimizer (ZeRO-1 here) all-reduces the full "
-    "gradients and then broadcasts updated parameters: 3Ψ, not the paper's 2Ψ. gloo's real wire traffic differs."
+    "Traffic in the ZeRO paper's convention: an all-reduce counts **2× its payload** (a ring all-reduce is a "
+    "reduce-scatter followed by an all-gather), every other collective once. So DDP moves 2Ψ per step, ZeRO-2 2Ψ and "
+    "ZeRO-3 3Ψ (one more all-gather of the parameters for the backward); PyTorch's ZeroRedundancyOptimizer (ZeRO-1 "
+    "here) all-reduces the full gradients and then broadcasts the updated parameters: 3Ψ, not the paper's 2Ψ. "
+    "Ψ = parameter count × {bpe} bytes. Hover a bar for the raw payload each rank handed to the collective (the "
+    "metrics CSV holds it too); gloo's real wire traffic differs."
 )
-
-
-@st.cache_resource(max_entries=32, show_spinner=False)
-def metrics_tail(run_dir: str) -> MetricsTail:
-    """One incremental reader per run, shared by every session watching it."""
-    return MetricsTail(Path(run_dir))
+LONGEST_ID_SHOWN = 60  # characters of a refused ?run= value echoed back
 
 
 def show_run(run_id: str, key: str) -> None:
-    """Draws one run; `key` keeps widget keys apart when two pages use the view."""
-    run_dir = runs_dir() / run_id
-    if not (run_dir / "spec.json").is_file():
-        st.warning(f"No run '{run_id}' in {runs_dir().resolve()}.")
+    """Draws one run; `key` (state.TRAIN_VIEW or state.RUNS_VIEW) keeps widget keys apart between pages."""
+    run_dir = find_run(run_id, runs_dir())
+    if run_dir is None:
+        shown = str(run_id)[:LONGEST_ID_SHOWN] + ("…" if len(str(run_id)) > LONGEST_ID_SHOWN else "")
+        st.warning(f"No such run: '{shown}'. A run is named by its id alone, as listed on the Runs page "
+                   f"(runs folder {runs_dir().resolve()}).", icon=":material/search_off:")
         return
-    active = runstore.read_status(run_dir).get("state") in runstore.ACTIVE_STATES
+    try:
+        snap = load_snapshot(run_dir, metrics_tail(str(run_dir)))
+    except RunUnreadable as error:
+        st.warning(f"Run '{run_dir.name}' cannot be read: {error}", icon=":material/help:")
+        return
     title, cancel = st.columns([5, 1], vertical_alignment="center")
-    title.subheader(f"Run {run_id}", anchor=False)
-    if active:
-        cancel.button("Cancel", icon=":material/stop_circle:", key=f"{key}_cancel", on_click=_cancel, args=(run_id,))
-    st.fragment(run_every=REFRESH_S if active else None)(_live)(run_dir, active)
+    title.subheader(f"Run {run_dir.name}", anchor=False)
+    if snap.active:
+        cancel.button("Cancel", icon=":material/stop_circle:", key=state.cancel_key(key), on_click=_cancel,
+                      args=(run_dir.name,))
+    st.fragment(run_every=REFRESH_S if snap.active else None)(_live)(run_dir, snap.active)
 
 
 def _cancel(run_id: str) -> None:
-    from engine import launcher
-
     launcher.cancel(run_id, runs_dir=runs_dir())
 
 
 def _live(run_dir: Path, was_active: bool) -> None:
-    snap = load_snapshot(run_dir, metrics_tail(str(run_dir)))
+    try:
+        snap = load_snapshot(run_dir, metrics_tail(str(run_dir)))
+    except RunUnreadable as error:  # the folder was damaged while the run was shown
+        st.warning(f"Run '{run_dir.name}' cannot be read: {error}", icon=":material/help:")
+        return
     if was_active and not snap.active:
         st.rerun()  # a full rerun stops the timer and hides Cancel
     draw_snapshot(snap)
@@ -79,6 +88,9 @@ def _header(snap: RunSnapshot) -> None:
     failure = failure_in_words(snap)
     if failure:
         st.error(failure, icon=":material/error:")
+    if snap.state == "cancelled":
+        st.info(f"Cancelled on request after step {snap.steps_done} of {snap.total_steps}: the ranks were stopped, "
+                "nothing failed.", icon=":material/cancel:")
     label, color, icon = STATE_BADGES.get(snap.state, (snap.state, "gray", None))
     spec = snap.spec
     strategy = STRATEGIES.get(spec.get("strategy"), {})
@@ -97,14 +109,16 @@ def _header(snap: RunSnapshot) -> None:
 
 def _headline(snap: RunSnapshot) -> None:
     last = snap.latest.iloc[0] if not snap.latest.empty else None
-    accuracy = snap.evals["eval_accuracy"].iloc[-1] if not snap.evals.empty else None
     psi_units = charts.comm_psi_total(snap.latest, snap.param_count, snap.bytes_per_element)
+    traffic = charts.comm_traffic_total(snap.latest)
     cols = st.columns(4)
     cols[0].metric("Loss (mean over ranks)", f"{last['loss_global']:.4f}" if last is not None else "–")
-    cols[1].metric("Held-out accuracy", f"{accuracy:.1%}" if accuracy is not None else "after eval")
+    cols[1].metric("Held-out accuracy", accuracy_text(snap),
+                   help=None if snap.active or not snap.evals.empty else f"Not evaluated: the run was {snap.state} before "
+                   "its held-out evaluation.")
     cols[2].metric("Throughput (samples/s)", f"{last['samples_per_s']:,.0f}" if last is not None else "–")
     cols[3].metric("Traffic per step per rank", f"{psi_units:.2f} Ψ" if psi_units is not None else "–",
-                   help="ZeRO paper convention: an all-reduce counts twice its payload.")
+                   help=f"{charts.TRAFFIC_NOTE}." + (f" {format_bytes(traffic)} per step." if traffic else ""))
 
 
 def draw_snapshot(snap: RunSnapshot) -> None:
@@ -164,5 +178,9 @@ def _state_share(latest, cuda: bool) -> str:
 
 
 def _log(snap: RunSnapshot, expanded: bool) -> None:
+    log, shutdown = split_shutdown_noise(snap.log, snap.state)
     with st.expander("Log (last lines of torchrun's output)", expanded=expanded):
-        st.code(snap.log or "(empty)", language=None)
+        st.code(log or "(empty)", language=None)
+    if shutdown:
+        with st.expander("Shutdown messages after cancel (expected: torchrun and gloo reporting the stop)"):
+            st.code(shutdown, language=None)

@@ -1,9 +1,11 @@
-"""ShardLab's entry point: `streamlit run app/shardlab.py`. It only lists the pages and runs navigation.
+"""ShardLab's entry point: `streamlit run app/shardlab.py`. It checks the serving settings, lists the pages
+and runs navigation.
 
 The pages live in app/views/, not app/pages/: Streamlit treats a folder named `pages/` beside the entry
 script as old-style automatic pages, and a first request for /runs would then skip this navigation.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,8 +14,19 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the 
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
+from streamlit import config  # noqa: E402
 
-st.set_page_config(page_title="ShardLab", page_icon=":material/grid_view:", layout="wide")
+from app.serving import HOW_TO_START, serving_problems  # noqa: E402
+
+# A local file: a Material or emoji page icon makes the browser fetch the favicon from an internet host.
+FAVICON = ROOT / "assets" / "favicon.png"
+
+st.set_page_config(page_title="ShardLab", page_icon=str(FAVICON), layout="wide")
+problems = serving_problems(st.get_option, config.get_where_defined, os.environ)
+if problems:
+    st.error("ShardLab refuses to serve these pages: " + "; ".join(problems) + ".\n\n" + HOW_TO_START,
+             icon=":material/block:")
+    st.stop()
 st.navigation(
     [
         st.Page("views/train.py", title="Train", icon=":material/rocket_launch:", url_path="train", default=True),

@@ -29,9 +29,16 @@ FORM_FIELDS = {
     "memory_budget_mb": "train_memory_budget_mb",
 }
 FORM_ERRORS = "train_form_errors"  # {JobSpec field or "": message} from the last Launch click
+LAUNCH_BUTTON = "train_launch"
+LAST_LAUNCH = "train_last_launch"  # {"values", "token", "run_id"} of the last run this session launched
 CURRENT_RUN = "train_current_run"  # the run the Train page shows (also mirrored in the URL as ?run=)
+RUN_QUERY_PARAM = "run"  # ?run=<run id>: a plain run id inside the runs folder, nothing else
+TRAIN_VIEW = "train"  # widget-key prefix of the run view on the Train page (its Cancel is "train_cancel")
 RUNS_OPEN = "runs_open"  # the run opened on the Runs page
 RUNS_COMPARE = "runs_compare"  # runs selected for comparison
+RUNS_TABLE = "runs_table"
+RUNS_DOWNLOAD = "runs_download"
+RUNS_VIEW = "runs"  # widget-key prefix of the run view on the Runs page
 
 # "Run it on a cluster" (app/cluster_commands.py): the cluster's shape, which this machine's form cannot offer.
 CLUSTER_FIELDS = {
@@ -52,6 +59,7 @@ def seed() -> None:
         # Re-assigning keeps a widget's value when its page is not shown (Streamlit drops unrendered widget keys).
         st.session_state[key] = st.session_state.get(key, getattr(FIRST_RUN, field))
     st.session_state.setdefault(FORM_ERRORS, {})
+    st.session_state.setdefault(LAST_LAUNCH, None)
     st.session_state.setdefault(CURRENT_RUN, None)
     st.session_state.setdefault(RUNS_OPEN, None)
     st.session_state.setdefault(RUNS_COMPARE, [])
@@ -60,6 +68,11 @@ def seed() -> None:
 def form_values() -> dict:
     """The Train form's current values, as JobSpec keyword arguments."""
     return {field: st.session_state[key] for field, key in FORM_FIELDS.items()}
+
+
+def cancel_key(view: str) -> str:
+    """The Cancel button's key in a run view (TRAIN_VIEW or RUNS_VIEW)."""
+    return f"{view}_cancel"
 
 
 # What-if page: every widget's session-state key, named once (the widgets own their values).

@@ -1,21 +1,28 @@
 """The Train form: choose a job, validate it through JobSpec, launch it through engine.launcher.
 
-A SpecError is shown under the field it names and nothing launches; the form never checks rules
-of its own, so the CLI and the form refuse exactly the same specs.
+A SpecError is shown under the field it names and nothing launches; the form checks one rule of its
+own (how many ranks this machine offers), so the CLI and the form refuse the same specs. Number fields
+have no min/max: a browser clamps an out-of-range typed value back to the last valid one and launches
+that, so the value as typed goes to JobSpec and a bad one is refused under its field.
 """
 
 from __future__ import annotations
+
+import inspect
+import uuid
 
 import streamlit as st
 
 from app import state
 from app.cluster_commands import render_cluster_commands
 from app.run_data import runs_dir
-from engine.gpus import find_gpus
+from engine.gpus import GpuInventory, find_gpus
+from engine import launcher, runstore
 from engine.registry import DATASETS, MODELS
 from engine.spec import OPTIMIZERS, PRECISIONS, STRATEGIES, JobSpec, SpecError
 
 MAX_CPU_RANKS_IN_FORM = 8  # ranks are processes sharing this machine's cores; more only crawls
+GPU_COUNT_TTL_S = 60  # NVML is asked at most once a minute, not on every rerun of every session
 PRECISION_HELP = {
     "fp32": "fp32 — 4-byte floats everywhere",
     "bf16": "bf16 mixed — bf16 compute, fp32 parameters and optimizer state",
@@ -23,32 +30,75 @@ PRECISION_HELP = {
 }
 OPTIMIZER_HELP = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD with momentum"}
 
-def count_gpus() -> int:
-    from engine import launcher
 
-    try:
-        return launcher.count_gpus()
-    except Exception:  # NVML missing or broken: train on CPU
-        return 0
+@st.cache_resource(ttl=GPU_COUNT_TTL_S, show_spinner=False)
+def gpu_inventory() -> GpuInventory:
+    """What NVML finds (none without a driver, and why), shared by every session."""
+    return find_gpus()
+
+
+def count_gpus() -> int:
+    return gpu_inventory().count
+
+
+def max_ranks(device: str) -> int:
+    return count_gpus() if device == "cuda" else MAX_CPU_RANKS_IN_FORM
+
+
+def form_spec(values: dict) -> JobSpec:
+    """The JobSpec the form's values make, or the SpecError that refuses them (the form's rank cap first)."""
+    cap = max_ranks(values["device"])
+    nproc = values["nproc"]
+    if isinstance(nproc, int) and not isinstance(nproc, bool) and nproc > cap:
+        where = "GPUs found" if values["device"] == "cuda" else "CPU ranks this form starts on one machine"
+        raise SpecError(f"{nproc} ranks is more than the {cap} {where} (choose 1 to {cap})", "nproc")
+    return JobSpec(**values)
+
+
+def _start(spec: JobSpec, token: str) -> str:
+    kwargs = {"runs_dir": runs_dir()}
+    # The launcher turns a repeated call with the same token into the run it already started, so a retried
+    # click starts nothing new; a launcher without that keyword is called without it.
+    if "client_token" in inspect.signature(launcher.launch).parameters:
+        kwargs["client_token"] = token
+    return launcher.launch(spec, **kwargs)
+
+
+def _still_active(run_id: str) -> bool:
+    path = runs_dir() / run_id
+    return path.is_dir() and runstore.read_status(path).get("state") in runstore.ACTIVE_STATES
+
+
+def _show(run_id: str) -> None:
+    st.session_state[state.CURRENT_RUN] = run_id
+    st.query_params[state.RUN_QUERY_PARAM] = run_id
 
 
 def launch_from_form() -> None:
-    """Launch button callback: runs before the page redraws, so errors appear under their fields."""
+    """Launch button callback: runs before the page redraws, so errors appear under their fields.
+
+    A double click reaches the server as two clicks before the page redraws. The second finds that this
+    session's last launch, with the same form values, is still queued or running, and launches nothing.
+    """
     errors: dict[str, str] = {}
     st.session_state[state.FORM_ERRORS] = errors
-    try:
-        spec = JobSpec(**state.form_values())
-        from engine import launcher
-
-        run_id = launcher.launch(spec, runs_dir=runs_dir())
-    except SpecError as error:
-        errors[error.field] = str(error)  # shown under that field ("": above Launch)
+    values = state.form_values()
+    last = st.session_state[state.LAST_LAUNCH]
+    if last and last["values"] == values and _still_active(last["run_id"]):
+        _show(last["run_id"])
         return
-    except Exception as error:  # the launcher could not start torchrun at all
+    token = uuid.uuid4().hex
+    try:
+        run_id = _start(form_spec(values), token)
+    except SpecError as error:
+        # Shown under its field; a field the form does not show (log_interval, ...) above Launch.
+        errors[error.field if error.field in state.FORM_FIELDS else ""] = str(error)
+        return
+    except (OSError, RuntimeError) as error:  # no run folder, no free run id, or torchrun could not start
         errors[""] = f"Could not start the run: {error}"
         return
-    st.session_state[state.CURRENT_RUN] = run_id
-    st.query_params["run"] = run_id
+    st.session_state[state.LAST_LAUNCH] = {"values": values, "token": token, "run_id": run_id}
+    _show(run_id)
 
 
 def _field_error(field: str) -> None:
@@ -93,17 +143,15 @@ def render_train_form() -> None:
         else:
             st.session_state[keys["device"]] = "cpu"
         _field_error("device")
-        st.caption(find_gpus().describe(), help="What NVIDIA's management library (NVML) reports on this machine.")
+        st.caption(gpu_inventory().describe(), help="What NVIDIA's management library (NVML) reports on this machine.")
         on_gpu = st.session_state[keys["device"]] == "cuda"
-        max_ranks = gpus if on_gpu else MAX_CPU_RANKS_IN_FORM
-        st.session_state[keys["nproc"]] = min(max(1, int(st.session_state[keys["nproc"]])), max_ranks)
-        st.number_input(f"Ranks (1–{max_ranks})", min_value=1, max_value=max_ranks, step=1, key=keys["nproc"])
+        st.number_input(f"Ranks (1–{max_ranks(st.session_state[keys['device']])})", step=1, key=keys["nproc"])
+        _field_error("nproc")
         if on_gpu:
             st.caption("One rank per GPU, found through NVML.")
         else:
             st.caption("No GPU in use: each rank is a CPU process, and all ranks share this machine's cores."
                        if not gpus else "Each rank is a CPU process sharing this machine's cores.")
-        _field_error("nproc")
         st.radio("Strategy", list(STRATEGIES), key=keys["strategy"],
                  format_func=lambda s: STRATEGIES[s]["label"],
                  captions=[f"{v['explain']}  \n`{v['pytorch']}`" for v in STRATEGIES.values()])
@@ -111,30 +159,32 @@ def render_train_form() -> None:
 
     with optimize:
         st.markdown("**How to optimize**")
-        st.number_input("Steps", min_value=1, max_value=1_000_000, step=10, key=keys["steps"])
+        st.number_input("Steps", step=10, key=keys["steps"])
         _field_error("steps")
-        st.number_input("Global batch (split evenly over ranks)", min_value=1, step=8, key=keys["global_batch"])
+        st.number_input("Global batch (split evenly over ranks)", step=8, key=keys["global_batch"])
         _field_error("global_batch")
-        st.number_input("Learning rate", min_value=0.0, max_value=10.0, step=1e-4, format="%.5f", key=keys["lr"])
+        st.number_input("Learning rate", step=1e-4, format="%.5f", key=keys["lr"])
         _field_error("lr")
         st.selectbox("Optimizer", list(OPTIMIZERS), key=keys["optimizer"], format_func=OPTIMIZER_HELP.get)
         _field_error("optimizer")
         st.selectbox("Precision", list(PRECISIONS), key=keys["precision"], format_func=PRECISION_HELP.get)
         _field_error("precision")
         with st.expander("More options"):
-            st.number_input("Evaluate every N steps (0 = after the last step only)", min_value=0, step=10,
+            st.number_input("Evaluate every N steps (0 = after the last step only)", step=10,
                             key=keys["eval_interval"])
             _field_error("eval_interval")
-            st.number_input("Seed", min_value=0, step=1, key=keys["seed"])
+            st.number_input("Seed", step=1, key=keys["seed"])
+            _field_error("seed")
             st.checkbox("Memory-accurate RSS (returns freed buffers to the OS; 20–40% slower on CPU)",
                         key=keys["memory_accurate"])
             st.number_input("Memory budget per rank, MiB (0 = none; on CPU a simulated device of that size)",
-                            min_value=0, step=1, key=keys["memory_budget_mb"],
+                            step=1, key=keys["memory_budget_mb"],
                             help="A rank that needs more stops with 'rank r needs X MiB, budget Y MiB'. On a GPU the "
                                  "CUDA allocator enforces it (torch.cuda.set_per_process_memory_fraction).")
             _field_error("memory_budget_mb")
+            _field_error("memory_accurate")
 
     _field_error("")
-    st.button("Launch", type="primary", icon=":material/rocket_launch:", key="train_launch",
+    st.button("Launch", type="primary", icon=":material/rocket_launch:", key=state.LAUNCH_BUTTON,
               on_click=launch_from_form)
     render_cluster_commands(state.form_values())

@@ -42,8 +42,8 @@ def train_record(step: int, rank: int, nproc: int, strategy: str, psi: int, t: f
     }
     for phase in ("forward", "backward", "step"):
         for category, value in state.items():
-            if phase == "forward" and category == "grads":
-                value = 0  # zero_grad(set_to_none=True) before the forward
+            if phase == "forward" and category == "grads" and step == 1:
+                value = 0  # no gradient exists before the first backward; later steps keep zeroed storage
             if phase != "step" and category == "optimizer" and step == 1:
                 value = 0  # Adam allocates its state in the first step
             record[f"mem/{phase}/{category}_bytes"] = value
@@ -72,6 +72,7 @@ def write_fixture_run(
     state: str = "succeeded",
     psi: int = 9_098,
     error: str | None = None,
+    log: str | None = None,
 ) -> Path:
     """Writes runs_dir/run_id in the contract format and returns the run directory."""
     from engine.spec import JobSpec
@@ -88,7 +89,7 @@ def write_fixture_run(
         "error": error, "created_at": t0, "started_at": t0 + 1, "ended_at": t0 + 10 if ended else None,
     }
     (run / "status.json").write_text(json.dumps(status))
-    (run / "log.txt").write_text("".join(f"[rank0] step {s}\n" for s in range(1, steps_done + 1)))
+    (run / "log.txt").write_text(log if log is not None else "".join(f"[rank0] step {s}\n" for s in range(1, steps_done + 1)))
     for rank in range(nproc):
         lines = [{"kind": "start", "rank": rank, "world_size": nproc, "pid": 1000 + rank, "hostname": "fixture",
                   "backend": "gloo", "device": "cpu", "param_count": psi,
@@ -120,3 +121,19 @@ def charts_by_title(at) -> dict[str, list]:
             frames.append(convert_arrow_bytes_to_pandas_df(element.proto.data.data))
         found.setdefault(title, []).extend(frames)
     return found
+
+
+# The tail of a real cancelled run's log.txt (zero3, 2 ranks, cancelled during training), shortened, after one
+# line in the fixture's own log format (the lines a run writes before the cancel).
+CANCELLED_LOG_TAIL = """\
+[rank0] step 12
+W1128 01:38:07.823000 14510 site-packages/torch/distributed/elastic/agent/server/api.py:753] Received 15 death signal, shutting down workers
+W1128 01:38:07.824000 14510 site-packages/torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 14554 closing signal SIGTERM
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+    time.sleep(monitor_interval)
+  File "/usr/lib/python3.11/site-packages/torch/distributed/elastic/multiprocessing/api.py", line 86, in _terminate_process_handler
+    raise SignalException(f"Process {os.getpid()} got signal: {sigval}", sigval=sigval)
+torch.distributed.elastic.multiprocessing.api.SignalException: Process 14510 got signal: 15
+[rank1]: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:12345
+"""

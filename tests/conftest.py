@@ -52,3 +52,16 @@ def engine_runs(tmp_path_factory):
         status = launcher.wait(run_id, root, timeout_s=400)
         assert status["state"] == "succeeded", (run_id, status, runstore.log_tail(root / run_id))
     return {key: root / run_id for key, run_id in ids.items()}
+
+
+@pytest.fixture(autouse=True)
+def full_error_details_in_apptest():
+    """The served app redacts exceptions (client.showErrorDetails = "none" in app/.streamlit/config.toml, which
+    AppTest also reads through the root link): tests want the real message when a page raises."""
+    from streamlit import config
+
+    before = config.get_option("client.showErrorDetails"), config.get_where_defined("client.showErrorDetails")
+    # Set as a flag would set it: an explicit choice, which app/serving.py accepts.
+    config.set_option("client.showErrorDetails", "full", where_defined="command-line argument or environment variable")
+    yield
+    config.set_option("client.showErrorDetails", before[0], where_defined=before[1])

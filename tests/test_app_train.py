@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from app import state
-from tests.app_fixtures import charts_by_title, write_fixture_run
+from tests.app_fixtures import CANCELLED_LOG_TAIL, charts_by_title, write_fixture_run
 from engine.spec import JobSpec, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def test_form_starts_with_a_first_run_that_trains_in_seconds(runs):
     assert at.number_input(key=keys["nproc"]).value == 2
     assert at.radio(key=keys["strategy"]).options == ["DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
     assert any("ZeroRedundancyOptimizer" in c for c in at.radio(key=keys["strategy"]).proto.captions)
-    assert at.button(key="train_launch")
+    assert at.button(key=state.LAUNCH_BUTTON)
 
 
 def test_choosing_a_text_model_offers_only_text_data(runs):
@@ -77,7 +77,7 @@ def test_invalid_batch_shows_the_error_at_the_field_and_launches_nothing(runs):
     at = train_page()
     at.number_input(key=state.FORM_FIELDS["nproc"]).set_value(4)
     at.number_input(key=state.FORM_FIELDS["global_batch"]).set_value(30)
-    at.button(key="train_launch").click().run()
+    at.button(key=state.LAUNCH_BUTTON).click().run()
     assert errors(at) == ["global batch 30 is not divisible by 4 ranks (try 28)"]
     assert at.session_state[state.FORM_ERRORS] == {"global_batch": errors(at)[0]}
     assert at.session_state[state.CURRENT_RUN] is None
@@ -88,17 +88,77 @@ def test_invalid_batch_shows_the_error_at_the_field_and_launches_nothing(runs):
     assert "Error" in kinds
 
 
+def in_page_order(node) -> list:
+    """Every element of an AppTest tree, depth first, in the order the page draws them."""
+    children = getattr(node, "children", None)
+    if not children:
+        return [node]
+    return [leaf for index in sorted(children) for leaf in in_page_order(children[index])]
+
+
+def error_under(at, key: str) -> str | None:
+    """The message of the error drawn right after the widget `key`, if the next element is an error."""
+    elements = in_page_order(at._tree)
+    for here, after in zip(elements, elements[1:]):
+        if getattr(here, "key", None) == key:
+            return after.value if type(after).__name__ == "Error" else None
+    raise AssertionError(f"no widget {key}")
+
+
+def no_run_folder(runs) -> bool:
+    return not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize(
+    "field, typed, says",
+    [
+        ("steps", 0, "steps must be a whole number of at least 1 (got 0)"),
+        ("lr", 50.0, "learning rate must be between 0 and 10 (got 50.0)"),
+        ("nproc", 9, "9 ranks is more than the 8 CPU ranks this form starts on one machine (choose 1 to 8)"),
+        ("global_batch", -5, "global_batch must be a whole number of at least 1 (got -5)"),
+    ],
+)
+def test_an_out_of_range_number_is_refused_under_its_field_as_typed(runs, field, typed, says):
+    """The browser used to clamp these back to the last valid value and launch that (steps 0 launched 50)."""
+    at = train_page()
+    key = state.FORM_FIELDS[field]
+    at.number_input(key=key).set_value(typed)
+    at.button(key=state.LAUNCH_BUTTON).click().run()
+    assert not at.exception
+    assert at.number_input(key=key).value == typed  # kept as typed, not reverted
+    assert error_under(at, key) == says
+    assert errors(at) == [says]
+    assert at.session_state[state.CURRENT_RUN] is None and no_run_folder(runs)
+
+
+@pytest.mark.torchrun
+def test_a_double_click_on_launch_starts_one_run(runs):
+    from engine import launcher
+
+    at = train_page()
+    at.number_input(key=state.FORM_FIELDS["steps"]).set_value(5)
+    at.button(key=state.LAUNCH_BUTTON).click().run()
+    first = at.session_state[state.CURRENT_RUN]
+    try:
+        assert first and not errors(at)
+        at.button(key=state.LAUNCH_BUTTON).click().run()  # the second click of the double click
+        assert at.session_state[state.CURRENT_RUN] == first
+        assert [p.name for p in runs.iterdir()] == [first]
+    finally:
+        launcher.cancel(first, runs_dir=runs)
+
+
 def test_a_failed_run_says_why_at_the_top(runs):
     write_fixture_run(runs, "broken", steps=5, steps_done=2, state="failed", error="RuntimeError: injected failure")
     at = train_page(run="broken")
     assert errors(at)[0] == "Rank 1 stopped with an error: RuntimeError: injected failure."
-    assert not at.button(key="train_cancel") if "train_cancel" in [b.key for b in at.button] else True
+    assert state.cancel_key(state.TRAIN_VIEW) not in [b.key for b in at.button]  # nothing to cancel
 
 
 def test_active_run_shows_cancel_and_progress(runs):
     write_fixture_run(runs, "live", steps=100, steps_done=40, state="running")
     at = train_page(run="live")
-    assert "train_cancel" in [b.key for b in at.button]
+    assert state.cancel_key(state.TRAIN_VIEW) in [b.key for b in at.button]
     assert "step 40 of 100" in at.get("progress")[0].proto.text
     titles = charts_by_title(at)
     assert len(titles["Training loss"][0]) == 3 * 40
@@ -110,7 +170,7 @@ def test_launch_trains_a_real_run_and_the_charts_hold_its_data(runs):
 
     at = train_page()
     at.number_input(key=state.FORM_FIELDS["steps"]).set_value(6)
-    at.button(key="train_launch").click().run()
+    at.button(key=state.LAUNCH_BUTTON).click().run()
     assert not errors(at), errors(at)
     run_id = at.session_state[state.CURRENT_RUN]
     assert run_id and (runs / run_id / "spec.json").is_file()
@@ -131,13 +191,15 @@ def test_launch_trains_a_real_run_and_the_charts_hold_its_data(runs):
     assert set(memory["rank"]) == {"rank 0", "rank 1"}
     params = memory[(memory["category"] == "parameters") & (memory["rank"] == "rank 0")]["bytes"].item()
     assert params == train[(train["rank"] == 0) & (train["step"] == 6)]["mem/step/params_bytes"].item() > 0
-    comm = charts["Communication per step (payload, by collective)"]
+    comm = charts["Traffic per step, by collective"]
     assert set(comm[0]["op"]) == {"all_reduce"}
+    all_reduce = train[(train["rank"] == 0) & (train["step"] == 6)]["comm/all_reduce/bytes"].item()
+    assert comm[0][comm[0]["rank"] == "rank 0"]["traffic_bytes"].item() == 2 * all_reduce  # paper convention
     metrics = [m.value for m in at.metric]
     assert metrics[3] == "2.00 Ψ"  # DDP: the paper's 2Ψ
     (final_eval,) = [r for r in runstore.read_metrics(runs / run_id) if r["kind"] == "eval" and r["rank"] == 0]
     assert metrics[1] == f"{final_eval['eval_accuracy']:.1%}"  # one eval (after the last step): a number, no chart
-    assert "train_cancel" not in [b.key for b in at.button]
+    assert state.cancel_key(state.TRAIN_VIEW) not in [b.key for b in at.button]
 
     # The Runs page lists the finished run (read back from disk, not from this session).
     runs_page = AppTest.from_file(str(ROOT / "app" / "views" / "runs.py"), default_timeout=60).run()
@@ -152,3 +214,39 @@ def test_accuracy_is_charted_once_there_are_two_evaluations(runs):
         f.write(json.dumps({"kind": "eval", "step": 10, "rank": 0, "t": 1.0, "eval_loss": 0.9, "eval_accuracy": 0.5}) + "\n")
     accuracy = charts_by_title(train_page(run="evals"))["Held-out accuracy"][0]
     assert accuracy.sort_values("step")["eval_accuracy"].tolist() == [0.5, 0.91]
+
+
+def warnings(at) -> list[str]:
+    return [w.value for w in at.warning]
+
+
+@pytest.mark.parametrize("value", ["../other/elsewhere", "ABSOLUTE", "x" * 5000, "..", ".", "a/../elsewhere"])
+def test_run_parameter_accepts_only_a_run_id_inside_the_runs_folder(runs, tmp_path, value):
+    """A running run outside the runs folder would otherwise be shown, with a working Cancel."""
+    write_fixture_run(runs, "mine", steps=10, steps_done=5, state="running")
+    elsewhere = write_fixture_run(tmp_path / "other", "elsewhere", steps=10, steps_done=5, state="running")
+    at = train_page(run=str(elsewhere) if value == "ABSOLUTE" else value)
+    assert not at.exception
+    (message,) = warnings(at)
+    assert message.startswith("No such run:") and len(message) < 400
+    assert state.cancel_key(state.TRAIN_VIEW) not in [b.key for b in at.button]
+    assert not charts_by_title(at) and not at.get("progress")
+    assert train_page(run="mine").get("progress")  # the same page opens a run that is in the folder
+
+
+def test_a_cancelled_run_reads_as_a_cancel(runs):
+    write_fixture_run(runs, "stopped", steps=100, steps_done=12, state="cancelled", log=CANCELLED_LOG_TAIL)
+    at = train_page(run="stopped")
+    assert not at.exception and not errors(at)
+    assert any(i.value.startswith("Cancelled on request after step 12 of 100") for i in at.info)
+    accuracy = at.metric[1]
+    assert accuracy.value == "skipped" and "Not evaluated: the run was cancelled" in accuracy.proto.help
+    by_label = {e.label.split(" (")[0]: e for e in at.expander}
+    log, shutdown = by_label["Log"], by_label["Shutdown messages after cancel"]
+    assert log.code[0].value == "[rank0] step 12"
+    assert "SignalException" in shutdown.code[0].value and "Connection closed by peer" in shutdown.code[0].value
+
+
+def test_a_running_run_still_promises_its_evaluation(runs):
+    write_fixture_run(runs, "live", steps=100, steps_done=12, state="running")
+    assert [m.value for m in train_page(run="live").metric][1] == "after eval"

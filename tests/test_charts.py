@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from app import charts
-from app.run_data import MetricsTail, RunSnapshot, downsample, failure_in_words, latest_per_rank, load_snapshot, progress, runs_table
-from tests.app_fixtures import train_record, write_fixture_run
+from app.run_data import (MetricsTail, RunSnapshot, downsample, failure_in_words, find_run, latest_per_rank, load_snapshot,
+                          progress, runs_table, split_shutdown_noise)
+from tests.app_fixtures import CANCELLED_LOG_TAIL, train_record, write_fixture_run
 
 PSI = 9_098
 
@@ -17,12 +18,14 @@ def frame(strategy="ddp", nproc=2, steps=3, psi=PSI) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    "n_bytes, unit", [(10, "bytes"), (2048, "KiB (2^10 bytes)"), (5 * 2**20, "MiB (2^20 bytes)"), (3 * 2**30, "GiB (2^30 bytes)")]
+    "n_bytes, title",
+    [(10, "memory (bytes)"), (2048, "memory (KiB = 2^10 bytes)"), (5 * 2**20, "memory (MiB = 2^20 bytes)"),
+     (3 * 2**30, "memory (GiB = 2^30 bytes)"), (5 * 2**40, "memory (TiB = 2^40 bytes)"), (float("nan"), "memory (bytes)")],
 )
-def test_byte_unit_picks_binary_units(n_bytes, unit):
-    divisor, label = charts.byte_unit(n_bytes)
-    assert label == unit
-    assert n_bytes / divisor < 1024
+def test_byte_axes_use_the_one_unit_helper(n_bytes, title):
+    divisor, axis_title = charts.byte_axis(n_bytes, "memory")
+    assert axis_title == title
+    assert n_bytes != n_bytes or 1 <= n_bytes / divisor < 1024 or n_bytes < 1024
 
 
 def test_loss_frame_has_a_line_per_rank_and_the_global_mean():
@@ -56,10 +59,15 @@ def test_memory_frame_shows_the_zero_staircase():
     assert totals["ddp"] == 16 * PSI
 
 
-def test_phase_frame_has_no_gradients_after_forward_and_full_after_backward():
-    data = charts.phase_frame(latest_per_rank(frame("ddp")))
-    grads = data[data["category"] == "gradients"].set_index(["rank", "phase"])["bytes"]
+def test_phase_frame_shows_gradient_storage_as_real_runs_keep_it():
+    """The worker zeroes gradients without freeing them: no gradient before the first backward, full after."""
+    train = frame("ddp", steps=3)
+    first = charts.phase_frame(train[train["step"] == 1].reset_index(drop=True))
+    grads = first[first["category"] == "gradients"].set_index(["rank", "phase"])["bytes"]
     assert grads[(0, "forward")] == 0 and grads[(0, "backward")] == 4 * PSI
+    later = charts.phase_frame(latest_per_rank(train))
+    grads = later[later["category"] == "gradients"].set_index(["rank", "phase"])["bytes"]
+    assert grads[(0, "forward")] == grads[(0, "backward")] == grads[(0, "step")] == 4 * PSI
 
 
 @pytest.mark.parametrize("strategy, psi_units", [("ddp", 2.0), ("zero1", 3.0), ("zero2", 2.0), ("zero3", 3.0)])
@@ -69,6 +77,26 @@ def test_comm_in_units_of_psi_counts_all_reduce_twice(strategy, psi_units):
     data = charts.comm_frame(latest, PSI, 4)
     assert set(data["rank"]) == {0, 1, 2, 3}
     assert data["bytes"].sum() == latest["comm/payload_bytes"].sum()
+
+
+@pytest.mark.parametrize("strategy, ratio", [("ddp", 2), ("zero1", 3), ("zero2", 2), ("zero3", 3)])
+def test_every_comm_chart_draws_traffic_in_the_paper_convention(tmp_path, strategy, ratio):
+    """DDP : ZeRO-2 : ZeRO-3 read 2 : 2 : 3 (ZeroRedundancyOptimizer 3); the raw payload rides along for tooltips."""
+    snap = load_snapshot(write_fixture_run(tmp_path, "r", strategy=strategy, nproc=4, steps=5))
+    psi_bytes = 4 * PSI
+    drawn = charts.comm_chart(snap.latest, snap.param_count).to_dict()
+    bars = drawn["datasets"][drawn["layer"][0]["data"]["name"]]
+    rank0 = [b for b in bars if b["rank"] == "rank 0"]
+    assert sum(b["traffic_bytes"] for b in rank0) == ratio * psi_bytes
+    assert sum(b["bytes"] for b in rank0) == snap.latest.iloc[0]["comm/payload_bytes"]
+    assert drawn["layer"][0]["encoding"]["y"]["field"] == "amount"
+    cumulative = charts.cumulative_traffic_frame(snap.train)
+    newest = cumulative[(cumulative["rank"] == 0) & (cumulative["step"] == 5)].iloc[0]
+    assert newest["traffic_bytes"] == 5 * ratio * psi_bytes and newest["payload_bytes"] == snap.latest.iloc[0]["comm/cum_payload_bytes"]
+    compared = charts.compare_comm_chart({"a": snap.latest}, {"a": snap.param_count}, {"a": 4}).to_dict()
+    (rows,) = compared["datasets"].values()
+    assert sum(r["traffic_bytes"] for r in rows if r["rank"] == 0) == ratio * psi_bytes
+    assert compared["spec"]["layer"][0]["encoding"]["y"]["field"] == "amount"
 
 
 def test_comm_units_use_eight_bytes_per_element_for_fp64():
@@ -125,6 +153,14 @@ def test_failure_in_words_names_the_rank_and_the_message(tmp_path):
     assert failure_in_words(load_snapshot(ok)) is None
 
 
+@pytest.mark.parametrize("values, shown", [([36_000, 72_000], "35.2–70.3 KiB"), ([300 * 2**20, 300 * 2**20 + 1000], "300 MiB"),
+                                           ([5, 5], "5 bytes"), ([], "–"), ([None, True], "–")])
+def test_per_rank_memory_is_one_value_or_a_range(values, shown):
+    from app.run_data import _range
+
+    assert _range(values) == shown
+
+
 def test_runs_table_rows(tmp_path):
     from engine import runstore
 
@@ -132,7 +168,11 @@ def test_runs_table_rows(tmp_path):
     table = runs_table([runstore.summary(run)])
     row = table.iloc[0]
     assert (row["run"], row["status"], row["strategy"], row["ranks"]) == ("r", "succeeded", "ZeRO-3", 4)
-    assert row["accuracy"] == 0.91 and len(row["model state per rank (MiB)"].split(" · ")) == 4
+    assert row["accuracy"] == 0.91 and row["traffic"] == pytest.approx(3.0)
+    # ZeRO-3 shards everything: every rank holds 16Ψ/4 bytes (one value, not a range).
+    assert row["model state"] == "35.5 KiB" and "note" not in table
+    unreadable = runs_table([{"run_id": "x", "state": "unreadable", "error": "status.json: not UTF-8"}]).iloc[0]
+    assert (unreadable["run"], unreadable["status"], unreadable["note"]) == ("x", "unreadable", "status.json: not UTF-8")
 
 
 def test_every_chart_builds_a_valid_spec_from_a_fixture_run(tmp_path):
@@ -149,6 +189,53 @@ def test_every_chart_builds_a_valid_spec_from_a_fixture_run(tmp_path):
     ]
     for chart in built:
         assert chart.to_dict()["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+
+
+@pytest.mark.parametrize("nproc", [2, 4, 8])
+def test_per_rank_and_per_run_panels_wrap_within_a_1280_px_window(tmp_path, nproc):
+    snap = load_snapshot(write_fixture_run(tmp_path, "r", strategy="zero3", nproc=nproc, steps=3))
+    phase = charts.phase_chart(snap.latest).to_dict()
+    per_panel = phase["spec"]["width"]["step"] * len(charts.PHASES) + charts.PANEL_GAP_PX
+    assert phase["columns"] * per_panel <= charts.PANEL_BUDGET_PX
+    assert phase["columns"] >= min(nproc, 3)  # a row still shows several ranks side by side
+    three = {"a": snap.latest, "b": snap.latest, "c": snap.latest}
+    for chart in (charts.compare_memory_chart(three), charts.compare_comm_chart(three, dict.fromkeys(three, PSI), dict.fromkeys(three, 4))):
+        spec = chart.to_dict()
+        width = spec["spec"]["width"]["step"] * nproc + charts.PANEL_GAP_PX
+        assert spec["columns"] * width <= charts.PANEL_BUDGET_PX
+
+
+def test_rss_axis_starts_at_zero_so_noise_does_not_look_like_growth():
+    train = frame("ddp", steps=5)
+    assert charts.memory_over_steps_chart(train).to_dict()["encoding"]["y"]["scale"]["zero"] is True
+
+
+def test_compare_loss_skips_runs_without_a_step_and_colours_runs_apart():
+    """A run with no training step yet used to raise 'If using all scalar values, you must pass an index'."""
+    spec = charts.compare_loss_chart({"a": frame("ddp"), "b": pd.DataFrame(), "c": frame("zero3")}).to_dict()
+    (rows,) = spec["datasets"].values()
+    assert {r["run"] for r in rows} == {"a", "c"}
+    assert spec["encoding"]["color"]["scale"]["domain"] == ["a", "b", "c"]
+    assert len(set(spec["encoding"]["color"]["scale"]["range"])) == 3
+    empty = charts.compare_loss_chart({"a": pd.DataFrame(), "b": pd.DataFrame()}).to_dict()
+    assert not next(iter(empty["datasets"].values()))
+
+
+def test_shutdown_noise_of_a_cancel_is_set_apart():
+    kept, noise = split_shutdown_noise(CANCELLED_LOG_TAIL, "cancelled")
+    assert kept == "[rank0] step 12"
+    assert noise.startswith("W1128") and "SignalException" in noise and "Connection closed by peer" in noise
+    assert split_shutdown_noise(CANCELLED_LOG_TAIL, "failed") == (CANCELLED_LOG_TAIL, "")  # a failure is not noise
+
+
+def test_find_run_accepts_only_a_run_id_inside_the_runs_folder(tmp_path):
+    root = tmp_path / "runs"
+    write_fixture_run(root, "20261128-013742-zero3")
+    outside = write_fixture_run(tmp_path / "other", "elsewhere")
+    (root / "link").symlink_to(outside)
+    assert find_run("20261128-013742-zero3", root) == root / "20261128-013742-zero3"
+    for bad in ["../other/elsewhere", str(outside), "x" * 5000, "..", ".", "", "link", "a\0b", None, 7, "missing"]:
+        assert find_run(bad, root) is None, bad
 
 
 def test_comm_chart_labels_totals_in_units_of_psi(tmp_path):

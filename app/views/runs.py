@@ -1,46 +1,40 @@
 """Runs page: every run on disk, one opened in the live view, several compared on one set of charts."""
 
-from pathlib import Path
-
 import streamlit as st
 
-from app import charts, state
-from app.run_data import load_snapshot, metrics_csv, run_stamp, runs_dir, runs_table
-from app.run_view import metrics_tail, show_run
-from engine import runstore
+from app import charts, loaders, state
+from app.run_data import TABLE_WIDTHS_PX, UNREADABLE, runs_dir, runs_table
+from app.run_view import show_run
 from engine.spec import STRATEGIES
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def run_summary(run_dir: str, stamp: tuple) -> dict:  # stamp: re-read only when the run changed
-    return runstore.summary(Path(run_dir))
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def run_csv(run_dir: str, stamp: tuple) -> bytes:
-    return metrics_csv(Path(run_dir))
-
 
 state.seed()
 st.title("Runs")
 root = runs_dir()
-runs = runstore.list_runs(root)
+runs = loaders.list_runs()
 if not runs:
     st.info(f"No runs in {root.resolve()} yet: launch one on the Train page.", icon=":material/info:")
     st.stop()
 
-summaries = [run_summary(str(root / r["run_id"]), run_stamp(root / r["run_id"])) for r in runs]
+readable = [r for r in runs if r.get("state") != UNREADABLE]
+table = runs_table([loaders.summary(r["run_id"]) if r in readable else r for r in runs])
 st.dataframe(
-    runs_table(summaries), hide_index=True, key="runs_table",
+    table, hide_index=True, key=state.RUNS_TABLE, width="stretch",
     column_config={
-        "final loss": st.column_config.NumberColumn(format="%.4f"),
-        "accuracy": st.column_config.NumberColumn(format="percent"),
+        **{name: st.column_config.Column(width=px) for name, px in TABLE_WIDTHS_PX.items()},
+        "loss": st.column_config.NumberColumn(format="%.4f", width=TABLE_WIDTHS_PX["loss"], help="Loss of the newest step (mean over ranks)"),
+        "accuracy": st.column_config.NumberColumn(format="percent", width=TABLE_WIDTHS_PX["accuracy"]),
+        "traffic": st.column_config.NumberColumn(format="%.2f Ψ", width=TABLE_WIDTHS_PX["traffic"],
+                                                      help=f"Rank 0's traffic per step in units of Ψ ({charts.TRAFFIC_NOTE})"),
+        "model state": st.column_config.TextColumn(width=TABLE_WIDTHS_PX["model state"],
+                                                   help="Exact model-state bytes per rank: one value, or min–max over ranks"),
+        "peak RSS": st.column_config.TextColumn(width=TABLE_WIDTHS_PX["peak RSS"],
+                                                help="Peak resident memory per rank process: one value, or min–max over ranks"),
     },
 )
-st.caption(f"{len(runs)} runs in {root.resolve()}, newest first. Memory in MiB (2^20 bytes), one value per rank.")
-ids = [r["run_id"] for r in runs]
-short = {r["run_id"]: f"{r['run_id']} · {STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')}" for r in runs}
-labels = {r["run_id"]: f"{short[r['run_id']]} · {r['spec'].get('nproc')} ranks · {r['state']}" for r in runs}
+st.caption(f"{len(runs)} runs in {root.resolve()}, newest first. Memory per rank: one value, or the range over ranks.")
+ids = [r["run_id"] for r in readable]
+short = {r["run_id"]: f"{r['run_id']} · {STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')}" for r in readable}
+labels = {r["run_id"]: f"{short[r['run_id']]} · {r['spec'].get('nproc')} ranks · {r['state']}" for r in readable}
 
 open_tab, compare_tab = st.tabs(["Open a run", "Compare runs"])
 with open_tab:
@@ -49,11 +43,9 @@ with open_tab:
     run_id = st.selectbox("Run", ids, key=state.RUNS_OPEN, format_func=labels.get, index=None,
                           placeholder="Choose a run to open")
     if run_id:
-        run_dir = root / run_id
-        st.download_button("Download metrics (CSV)", run_csv(str(run_dir), run_stamp(run_dir)),
-                           file_name=f"{run_id}-metrics.csv", mime="text/csv", icon=":material/download:",
-                           key="runs_download", on_click="ignore")
-        show_run(run_id, key="runs")
+        st.download_button("Download metrics (CSV)", loaders.csv(run_id), file_name=f"{run_id}-metrics.csv",
+                           mime="text/csv", icon=":material/download:", key=state.RUNS_DOWNLOAD, on_click="ignore")
+        show_run(run_id, key=state.RUNS_VIEW)
 
 with compare_tab:
     st.session_state[state.RUNS_COMPARE] = [r for r in st.session_state[state.RUNS_COMPARE] if r in ids]
@@ -63,11 +55,17 @@ with compare_tab:
         st.info("Choose two or more runs. With the same model, data and seed, DDP and every ZeRO stage should "
                 "draw the same loss curve: they compute the same update.", icon=":material/info:")
     else:
-        snaps = {short[r]: load_snapshot(root / r, metrics_tail(str(root / r))) for r in chosen}
+        snaps, unreadable = loaders.snapshots({r: short[r] for r in chosen})
+        for r, why in unreadable.items():
+            st.warning(f"Run '{r}' cannot be read: {why}", icon=":material/help:")
+        waiting = [k for k, s in snaps.items() if s.train.empty]
+        if waiting:
+            st.caption("No training step yet (nothing to draw): " + ", ".join(f"{k} ({snaps[k].state})" for k in waiting))
         st.altair_chart(charts.compare_loss_chart({k: s.train for k, s in snaps.items()}), width="stretch")
         st.altair_chart(charts.compare_memory_chart({k: s.latest for k, s in snaps.items()}))
         st.altair_chart(charts.compare_comm_chart({k: s.latest for k, s in snaps.items()},
-                                                     {k: s.param_count for k, s in snaps.items()},
-                                                     {k: s.bytes_per_element for k, s in snaps.items()}))
-        st.caption("Model state is exact tensor bytes per rank after the newest step; communication is payload per "
-                   "step per rank (hover a bar for the paper's multiple of Ψ, where an all-reduce counts twice).")
+                                                  {k: s.param_count for k, s in snaps.items()},
+                                                  {k: s.bytes_per_element for k, s in snaps.items()}))
+        st.caption("Model state is exact tensor bytes per rank after the newest step. Traffic follows the ZeRO paper "
+                   "(an all-reduce counts twice its payload), so DDP : ZeRO-2 : ZeRO-3 read 2 : 2 : 3; hover a bar for "
+                   "the raw payload per collective.")

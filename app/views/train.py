@@ -9,13 +9,13 @@ from app.train_form import render_train_form
 
 state.seed()
 st.title("Train")
-run_id = st.session_state[state.CURRENT_RUN] or st.query_params.get("run")
+run_id = st.session_state[state.CURRENT_RUN] or st.query_params.get(state.RUN_QUERY_PARAM)
 if run_id:
     # The run is the point of this page now: the form folds away above it, one click to reopen.
     with st.expander("New run: model, ranks, strategy", icon=":material/tune:"):
         render_train_form()
         compare_button()
-    show_run(run_id, key="train")
+    show_run(run_id, key=state.TRAIN_VIEW)
 else:
     st.caption("Pick a model, a number of ranks and a strategy, then press Launch: a real `torchrun` job starts, "
                "and its loss, memory per rank and communication appear below as it trains. The defaults "
