@@ -324,7 +324,12 @@ def test_form_shows_the_gpus_nvml_finds_and_offers_cuda_ranks_up_to_their_count(
     device = at.button_group(key=state.FORM_FIELDS["device"])
     assert device.options == ["2 GPUs (NCCL)", "CPU processes (gloo)"]
     device.set_value("cuda").run()
-    assert at.number_input(key=state.FORM_FIELDS["nproc"]).max == 2
+    ranks = at.number_input(key=state.FORM_FIELDS["nproc"])
+    assert ranks.label == "Ranks (1–2)"
+    ranks.set_value(3).run()  # typed beyond the GPUs found: refused under the field, nothing launches
+    at.button(key=state.LAUNCH_BUTTON).click().run()
+    assert any("3 ranks" in e.value and "2 GPU" in e.value for e in at.error), [e.value for e in at.error]
+    assert not app_runs.exists() or not any(app_runs.iterdir())
 
 
 def test_form_without_nvml_trains_on_cpu_and_says_no_gpu_was_found(app_runs, monkeypatch):
