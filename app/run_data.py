@@ -5,7 +5,7 @@ No streamlit here, so the benchmark and the tests call exactly what the live vie
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,10 +58,9 @@ class MetricsTail:
                 complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
                 self._offsets[path] = offset + len(complete)
                 for line in complete.splitlines():
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue  # a garbled line (killed writer) is skipped, never fatal
+                    record = runstore.parse_record(line, runstore.rank_of(path))
+                    if record is None:
+                        continue  # a garbled line (killed writer, stray data) is skipped, never fatal
                     (new_train if record.get("kind") == "train" else self.events).append(record)
             if new_train:
                 frame = pd.concat([self._train, pd.DataFrame.from_records(new_train)], ignore_index=True)
@@ -143,7 +142,7 @@ def load_snapshot(run_dir: Path, tail: MetricsTail | None = None, log_lines: int
     return RunSnapshot(
         run_id=run_dir.name,
         status=status,
-        spec=json.loads((run_dir / "spec.json").read_text()),
+        spec=dataclasses.asdict(runstore.read_spec(run_dir)),
         train=downsample(train),
         latest=latest_per_rank(train),
         evals=evals[["step", "eval_loss", "eval_accuracy"]] if not evals.empty else evals,
@@ -174,14 +173,17 @@ def progress(snap: RunSnapshot, now: float | None = None) -> dict:
 
 def failure_in_words(snap: RunSnapshot) -> str | None:
     """Why a run failed, in one or two sentences a student can act on (None unless it failed)."""
-    if snap.state != "failed":
+    if snap.state not in ("failed", "lost"):
         return None
+    from engine.supervisor import PEER_ERRORS  # errors that follow from another rank's death
+
     if snap.errors:
         first = min(snap.errors, key=lambda e: e.get("t", 0))
         message = str(first.get("message", "")).strip().splitlines()
-        return f"Rank {first.get('rank')} stopped with an error: {message[-1] if message else 'no message'}."
-    if snap.status.get("error"):
-        return f"The run failed: {snap.status['error']}."
+        if not any(text in str(first.get("message", "")) for text in PEER_ERRORS) or not snap.status.get("error"):
+            return f"Rank {first.get('rank')} stopped with an error: {message[-1] if message else 'no message'}."
+    if snap.status.get("error"):  # the supervisor's root cause: a signal, torchrun's first failure, a lost run
+        return f"The run {'was lost' if snap.state == 'lost' else 'failed'}: {snap.status['error']}."
     code = snap.status.get("exit_code")
     return f"The run failed (torchrun exit code {code}); the log below says more."
 

@@ -8,12 +8,13 @@ On two machines (print the exact line with `python -m engine torchrun-command`):
 Without torchrun it runs as a single rank (RANK/WORLD_SIZE absent), which is the full-batch reference.
 
 Every number it reports is measured here and appended, one JSON line per record, to
-<run dir>/metrics/rank<r>.jsonl (never to the shared stdout, where ranks' lines interleave).
+<run dir>/metrics/rank<r>.jsonl (never to the shared stdout, where ranks' lines interleave); the record
+kinds and key names belong to engine/runstore.py, which reads them back. A heartbeat thread touches
+<run dir>/heartbeat/rank<r> every few seconds, so a stopped or frozen rank shows as stalled.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -21,13 +22,16 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.elastic.multiprocessing import errors as elastic_errors
 
-from engine.comm import CommCounter
+from engine import runstore
+from engine.comm import CommCounter, NoCommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
 from engine.memory import DeviceMemory, ProcessMemory, model_state_bytes
 from engine.models import build_model, count_parameters
@@ -40,18 +44,7 @@ EVAL_ITEMS = 512  # held-out samples per evaluation, split evenly over the ranks
 DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # bf16: fp32 weights, bf16 compute
 
 
-class MetricsWriter:
-    """Appends one JSON record per line; each line goes out in a single write(), so a kill never leaves half a
-    record mid-file (at worst a torn last line, which readers skip)."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-    def write(self, **record) -> None:
-        os.write(self.fd, (json.dumps(record) + "\n").encode())
-
-
+@elastic_errors.record  # torchrun's error file gets this rank's traceback, and its failure report names the first failure
 def main(spec_path: Path) -> None:
     # -------------------------------------------------------------------------------------- setup
     spec = JobSpec.load(spec_path)
@@ -77,17 +70,21 @@ def main(spec_path: Path) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not distributed:  # a single process still needs a group for DDP/FSDP: a world of one
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    metrics = MetricsWriter(run_dir / "metrics" / f"rank{rank}.jsonl")
+    heartbeat = runstore.Heartbeat(run_dir, rank).start()
+    # A collective that waits longer than this (a peer stopped or hung) raises, so a hang ends as a failure.
+    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                            timeout=timedelta(seconds=spec.collective_timeout_s))
+    metrics = runstore.MetricsWriter(run_dir, rank)
     try:
         train(spec, run_dir, rank, world_size, device, backend, metrics, lambda: stop_requested)
     except BaseException as error:
         metrics.write(
-            kind="error", rank=rank, t=time.time(), message=f"{type(error).__name__}: {error}",
+            kind=runstore.ERROR, rank=rank, t=time.time(), message=f"{type(error).__name__}: {error}",
             traceback=traceback.format_exc(),
         )
         raise
     finally:
+        heartbeat.stop()
         dist.destroy_process_group()
 
 
@@ -101,8 +98,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     model = build_model(spec.model, spec.size, dataset.shape).to(device=device, dtype=dtype)
     param_count = count_parameters(model)
 
-    comm = CommCounter(world_size).install() if spec.instrument else None
-    model = apply_strategy(model, spec.strategy, device, spec.precision, count_comm=comm is not None)
+    comm = CommCounter(world_size).install() if spec.instrument else NoCommCounter()
+    model = apply_strategy(model, spec.strategy, device, spec.precision, count_comm=spec.instrument)
     optimizer = build_optimizer(model, spec.strategy, spec.optimizer, spec.lr)
     # DDP/ZeRO-1 compute in bf16 under autocast; FSDP2 casts through its MixedPrecisionPolicy instead.
     autocast = (
@@ -112,7 +109,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     )
     process_memory, device_memory = ProcessMemory(), DeviceMemory(device)
     metrics.write(
-        kind="start", rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
+        kind=runstore.START, rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
+        node_rank=int(os.environ.get("GROUP_RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         backend=backend, device=str(device), param_count=param_count,
         strategy_pytorch=STRATEGIES[spec.strategy]["pytorch"], t=time.time(),
     )
@@ -121,8 +119,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if not spec.instrument:
             return {}
         state = model_state_bytes(model, optimizer)
-        record = {f"mem/{phase}/{category}_bytes": size for category, size in state.items()}
-        record[f"mem/{phase}/rss_bytes"] = process_memory.rss_bytes()
+        record = {runstore.mem_key(phase, category): size for category, size in state.items()}
+        record[runstore.mem_rss_key(phase)] = process_memory.rss_bytes()
         return record
 
     # ------------------------------------------------------------------------------ training
@@ -132,8 +130,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if step == spec.fail_at_step and rank == world_size - 1:
             raise RuntimeError(f"rank {rank} failed on purpose at step {step} (fail_at_step test hook)")
         logging_step = step % spec.log_interval == 0 or step == spec.steps
-        if comm:
-            comm.reset_step()
+        comm.reset_step()
         process_memory.reset_peak()
         device_memory.reset_peak()
         t0 = time.perf_counter()
@@ -157,28 +154,28 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
 
         if logging_step:
             record = dict(
-                kind="train", step=step, rank=rank, world_size=world_size, t=time.time(),
+                kind=runstore.TRAIN, step=step, rank=rank, world_size=world_size, t=time.time(),
                 loss=loss.item(), step_time_s=step_time_s, samples_per_s=spec.global_batch / step_time_s,
                 rss_bytes=process_memory.rss_bytes(), peak_rss_bytes=process_memory.peak_rss_bytes(),
             )
-            if comm:
-                record |= comm.step_metrics()
-            with comm.paused() if comm else nullcontext():  # bookkeeping, not the strategy's traffic
+            record |= comm.step_metrics()
+            with comm.paused():  # bookkeeping, not the strategy's traffic
                 record["loss_global"] = global_mean(loss.detach().float(), world_size)
             metrics.write(**record, **memory, **device_memory.metrics())
         if (spec.eval_interval and step % spec.eval_interval == 0) or step == spec.steps:
-            with comm.paused() if comm else nullcontext():
+            with comm.paused():
                 eval_loss, eval_accuracy = evaluate(model, dataset, rank, world_size, device, dtype, autocast)
-            metrics.write(kind="eval", step=step, rank=rank, t=time.time(), eval_loss=eval_loss,
+            metrics.write(kind=runstore.EVAL, step=step, rank=rank, t=time.time(), eval_loss=eval_loss,
                           eval_accuracy=eval_accuracy)
 
     # ------------------------------------------------------------------------------ the end
     if spec.save_final_params:
-        with comm.paused() if comm else nullcontext():
+        with comm.paused():
             params = full_parameters(model)  # a collective for sharded models: every rank takes part
         if rank == 0:
             torch.save(params, run_dir / "final_params.pt")
-    metrics.write(kind="end", step=step, rank=rank, t=time.time(), cancelled=should_stop())
+    metrics.write(kind=runstore.END, step=step, rank=rank, t=time.time(), cancelled=should_stop(),
+                  completed=step == spec.steps)
 
 
 def on_device(x: torch.Tensor, y: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,9 @@ state.seed()
 st.title("Runs")
 root = runs_dir()
 runs = runstore.list_runs(root)
+for broken in [r for r in runs if r["state"] == runstore.UNREADABLE]:  # listed, never opened
+    st.warning(f"{broken['run_id']}: {broken['detail']}", icon=":material/warning:")
+runs = [r for r in runs if r["state"] != runstore.UNREADABLE]
 if not runs:
     st.info(f"No runs in {root.resolve()} yet: launch one on the Train page.", icon=":material/info:")
     st.stop()
