@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from engine import launcher, runstore
+from engine.runqueue import MAX_ACTIVE_ENV
 from engine.spec import JobSpec
 
 # Every test that launches a run writes under a temporary folder, never into ./runs.
@@ -36,6 +37,8 @@ def engine_runs(tmp_path_factory):
     """Nine runs launched at once: a one-process full-batch reference, and every strategy at 2 and 4 ranks.
     One of them goes through the CLI, as a user on a cluster would start it."""
     root = tmp_path_factory.mktemp("engine-runs")
+    # The launch queue runs one CPU run at a time by default; these tiny runs share the machine three at a time.
+    os.environ[MAX_ACTIVE_ENV] = "3"
     ids = {("reference", 1): launcher.launch(JobSpec(strategy="ddp", nproc=1, **BASE), root)}
     for strategy in STRATEGIES:
         for n in RANKS:
@@ -51,4 +54,5 @@ def engine_runs(tmp_path_factory):
     for run_id in ids.values():
         status = launcher.wait(run_id, root, timeout_s=400)
         assert status["state"] == "succeeded", (run_id, status, runstore.log_tail(root / run_id))
+    os.environ.pop(MAX_ACTIVE_ENV, None)
     return {key: root / run_id for key, run_id in ids.items()}
