@@ -87,8 +87,9 @@ def torchrun_failures(log: str) -> tuple[dict | None, list[dict]]:
         trace = re.search(r"traceback\s*:\s*(.*)", block, re.S)
         if not rank or not code:
             continue
+        pid = re.search(r"exitcode\s*:\s*-?\d+\s*\(pid:\s*(\d+)\)", block)
         failure = {"rank": int(rank.group(1)), "exitcode": int(code.group(1)),
-                   "traceback": trace.group(1).strip() if trace else ""}
+                   "pid": int(pid.group(1)) if pid else None, "traceback": trace.group(1).strip() if trace else ""}
         failures.append(failure)
         if root_at >= 0 and start + match.start() > root_at and root is None:
             root = failure
@@ -107,8 +108,11 @@ def root_cause(path: Path, world_size: int, torchrun_code: int | None, steps_don
     records = runstore.read_metrics(path)
     errors = {r["rank"]: r for r in sorted((r for r in records if r["kind"] == runstore.ERROR),
                                            key=lambda r: -r.get("t", 0))}  # earliest per rank wins
-    # A signal other than torchrun's own closing SIGTERM is where it started, whatever torchrun called first.
-    signalled = [f for f in failures if f["exitcode"] < 0 and -f["exitcode"] != signal.SIGTERM]
+    # A signal is where it started, whatever torchrun called first; but not the signals torchrun itself sent
+    # while closing the others (SIGTERM, then SIGKILL to a rank that did not stop in time).
+    closed_by_torchrun = {int(pid) for pid in re.findall(r"Sending process (\d+) closing signal", log)}
+    signalled = [f for f in failures if f["exitcode"] < 0 and -f["exitcode"] != signal.SIGTERM
+                 and f["pid"] not in closed_by_torchrun]
     if signalled:
         first = min(signalled, key=lambda f: f["rank"]) if not root or root not in signalled else root
         return f"rank {first['rank']} was killed by {killed_by(-first['exitcode'])}{at_step}"
@@ -136,7 +140,20 @@ def root_cause(path: Path, world_size: int, torchrun_code: int | None, steps_don
 
 
 def _message(record: dict) -> str:
-    return " ".join(str(record.get("message", "no message")).split())[:300]
+    message = " ".join(str(record.get("message", "no message")).split())[:300]
+    if "Timed out" in message or "timed out" in message:
+        return ("gave up waiting in a collective after collective_timeout_s (a peer stalled or died): " + message)
+    return message
+
+
+def stalled_prefix(path: Path, threshold_s: float) -> str:
+    """"rank 1 stalled (silent for 12 s); " when a rank's heartbeat had stopped before the end."""
+    ages = runstore.heartbeat_ages(path)
+    if not ages:
+        return ""
+    newest = min(ages.values())  # silent while another rank was still beating, not merely ended
+    stalled = sorted((age - newest, rank) for rank, age in ages.items() if age - newest > threshold_s)[::-1]
+    return "".join(f"rank {rank} stalled (silent for {silent:.0f} s); " for silent, rank in stalled[:2])
 
 
 def _is_peer_error(record: dict) -> bool:
@@ -261,8 +278,8 @@ def finish(path: Path, spec, status: dict, exit_code: int, cancel_at: float | No
     elif exit_code == 0:
         runstore.transition(path, status, runstore.SUCCEEDED, error=None, **done)
     else:
-        runstore.transition(path, status, runstore.FAILED,
-                            error=root_cause(path, spec.world_size, exit_code, steps_done), **done)
+        error = stalled_prefix(path, spec.stall_after_s) + root_cause(path, spec.world_size, exit_code, steps_done)
+        runstore.transition(path, status, runstore.FAILED, error=error, **done)
 
 
 def count_gpus() -> int:
