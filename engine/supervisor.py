@@ -96,7 +96,8 @@ def torchrun_failures(log: str) -> tuple[dict | None, list[dict]]:
     return root, failures
 
 
-def root_cause(path: Path, world_size: int, torchrun_code: int | None, steps_done: int) -> str:
+def root_cause(path: Path, world_size: int, torchrun_code: int | None, steps_done: int,
+               collective_timeout_s: float | None = None) -> str:
     """The failure in plain words, most specific first: a rank killed by a signal (a peer's "connection reset"
     follows from it); torchrun killed; torchrun's own root cause with the rank's recorded error; the earliest
     error a rank recorded that is not a consequence of a dead peer; the log."""
@@ -118,13 +119,13 @@ def root_cause(path: Path, world_size: int, torchrun_code: int | None, steps_don
         return f"rank {first['rank']} was killed by {killed_by(-first['exitcode'])}{at_step}"
     if root is not None:
         if root["rank"] in errors and not _is_peer_error(errors[root["rank"]]):
-            return f"rank {root['rank']}: {_message(errors[root['rank']])}"
+            return f"rank {root['rank']}: {_message(errors[root['rank']], collective_timeout_s)}"
         if root["exitcode"] < 0:
             return f"rank {root['rank']} was killed by {killed_by(-root['exitcode'])}{at_step}"
     own = [r for r in errors.values() if not _is_peer_error(r)] or list(errors.values())
     if own:
         first = min(own, key=lambda r: r.get("t", 0))
-        return f"rank {first['rank']}: {_message(first)}"
+        return f"rank {first['rank']}: {_message(first, collective_timeout_s)}"
     if root is not None:
         lines = [line for line in root["traceback"].splitlines() if line.strip()]
         return f"rank {root['rank']} exited with code {root['exitcode']}" + (f": {lines[-1].strip()}" if lines else "")
@@ -139,10 +140,11 @@ def root_cause(path: Path, world_size: int, torchrun_code: int | None, steps_don
     return f"torchrun exited with code {torchrun_code}{at_step}"
 
 
-def _message(record: dict) -> str:
+def _message(record: dict, collective_timeout_s: float | None = None) -> str:
     message = " ".join(str(record.get("message", "no message")).split())[:300]
     if "Timed out" in message or "timed out" in message:
-        return ("gave up waiting in a collective after collective_timeout_s (a peer stalled or died): " + message)
+        after = f"{collective_timeout_s:g} s (collective_timeout_s)" if collective_timeout_s else "collective_timeout_s"
+        return f"gave up waiting in a collective after {after}; a peer stalled or died: {message}"
     return message
 
 
@@ -278,7 +280,8 @@ def finish(path: Path, spec, status: dict, exit_code: int, cancel_at: float | No
     elif exit_code == 0:
         runstore.transition(path, status, runstore.SUCCEEDED, error=None, **done)
     else:
-        error = stalled_prefix(path, spec.stall_after_s) + root_cause(path, spec.world_size, exit_code, steps_done)
+        error = stalled_prefix(path, spec.stall_after_s) + root_cause(path, spec.world_size, exit_code, steps_done,
+                                                                        spec.collective_timeout_s)
         runstore.transition(path, status, runstore.FAILED, error=error, **done)
 
 

@@ -212,7 +212,7 @@ def wait_for_train_records(path, count=1, timeout_s=120):
 
 
 def test_cancel_leaves_no_process_of_the_run_alive_within_5_s(runs_dir):
-    run_id = launcher.launch(JobSpec(strategy="zero3", nproc=4, steps=1_000_000, global_batch=16), runs_dir)
+    run_id = launcher.launch(JobSpec(strategy="zero3", nproc=4, steps=10_000, global_batch=16), runs_dir)
     path = runs_dir / run_id
     wait_for_train_records(path, count=8)
     status = runstore.read_status(path)
@@ -236,7 +236,7 @@ def test_a_rank_that_raises_marks_the_run_failed_with_its_error(runs_dir):
 
 
 def test_a_killed_job_leaves_its_metrics_readable(runs_dir):
-    run_id = launcher.launch(JobSpec(nproc=2, steps=1_000_000, global_batch=16), runs_dir)
+    run_id = launcher.launch(JobSpec(nproc=2, steps=10_000, global_batch=16), runs_dir)
     path = runs_dir / run_id
     wait_for_train_records(path, count=4)
     status = runstore.read_status(path)
@@ -322,7 +322,7 @@ def test_the_queue_runs_one_at_a_time_in_launch_order_and_a_double_click_starts_
 
 def test_twenty_cancels_in_a_row_leave_no_process(runs_dir, monkeypatch):
     monkeypatch.delenv("SHARDLAB_MAX_ACTIVE_RUNS", raising=False)
-    spec = JobSpec(nproc=2, steps=1_000_000, global_batch=16)
+    spec = JobSpec(nproc=2, steps=10_000, global_batch=16)
     ids = [launcher.launch(spec.replace(seed=i), runs_dir) for i in range(20)]
     finals = [launcher.cancel(run_id, runs_dir, timeout_s=10) for run_id in reversed(ids)]
     assert [f["state"] for f in finals] == ["cancelled"] * 20, [f.get("detail") for f in finals]
@@ -335,7 +335,7 @@ def test_twenty_cancels_in_a_row_leave_no_process(runs_dir, monkeypatch):
 
 
 def test_a_stopped_rank_is_reported_as_stalled_and_cancel_still_ends_it(runs_dir):
-    run_id = launcher.launch(JobSpec(nproc=2, steps=1_000_000, global_batch=16, stall_after_s=3), runs_dir)
+    run_id = launcher.launch(JobSpec(nproc=2, steps=10_000, global_batch=16, stall_after_s=3), runs_dir)
     path = runs_dir / run_id
     wait_for_train_records(path, count=4)
     rank1 = worker_identity(path, 1)
@@ -356,7 +356,7 @@ def test_a_stopped_rank_is_reported_as_stalled_and_cancel_still_ends_it(runs_dir
 
 
 def test_a_rank_killed_by_sigkill_is_named_not_the_peer_it_disconnected(runs_dir):
-    run_id = launcher.launch(JobSpec(nproc=2, steps=1_000_000, global_batch=16), runs_dir)
+    run_id = launcher.launch(JobSpec(nproc=2, steps=10_000, global_batch=16), runs_dir)
     path = runs_dir / run_id
     wait_for_train_records(path, count=4)
     assert runstore.signal_process(worker_identity(path, 1), signal.SIGKILL)
@@ -366,7 +366,7 @@ def test_a_rank_killed_by_sigkill_is_named_not_the_peer_it_disconnected(runs_dir
 
 
 def test_torchrun_killed_mid_run_is_named_with_the_step(runs_dir):
-    run_id = launcher.launch(JobSpec(nproc=2, steps=1_000_000, global_batch=16), runs_dir)
+    run_id = launcher.launch(JobSpec(nproc=2, steps=10_000, global_batch=16), runs_dir)
     path = runs_dir / run_id
     wait_for_train_records(path, count=6)
     assert runstore.signal_process(runstore.read_status(path)["torchrun"], signal.SIGKILL)
