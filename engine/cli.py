@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     """Every user error is one line on stderr and exit status 2; a closed pipe (`| head`) is quiet."""
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below, not at interpreter exit
+        return code
     except (SpecError, runstore.RunError, JSONFileError, OSError, ValueError, OverflowError) as error:
         if isinstance(error, BrokenPipeError):
             return _quiet_broken_pipe()
