@@ -68,18 +68,22 @@ def check_launchable(spec: JobSpec) -> None:
 
 
 def check_memory(spec: JobSpec, need: dict, queue: runqueue.Queue) -> None:
-    """Refuses a CPU run that would not fit in the memory available now beside the runs queued to run with it
-    (running runs already hold theirs, so they are inside `available`)."""
-    others = queue.queued_need_bytes(runqueue.max_active_runs(queue.root) - 1)
-    available = psutil.virtual_memory().available
-    if need["total_bytes"] + others > available:
+    """Refuses a CPU run that cannot fit: its need plus that of the runs that may run beside it (the largest
+    max_active_runs - 1 other queued or running ones) against the memory free now plus what the running runs
+    hold (predicted; they give it back when they end, before a queued run starts)."""
+    others = queue.active_need_bytes(runqueue.max_active_runs(queue.root) - 1)
+    free = psutil.virtual_memory().available
+    held = queue.running_need_bytes()
+    if need["total_bytes"] + others > free + held:
         gib = 2**30
         raise SpecError(
             f"this run needs about {need['total_bytes'] / gib:.2f} GiB (model states "
             f"{need['model_state_bytes'] / gib:.2f} GiB + {spec.nproc} ranks x "
             f"{BASELINE_RSS_PER_RANK_BYTES / gib:.2f} GiB per-rank baseline)"
-            + (f" plus {others / gib:.2f} GiB for runs queued beside it" if others else "")
-            + f", but only {available / gib:.2f} GiB of memory is available (GiB = 2^30 bytes)",
+            + (f" plus {others / gib:.2f} GiB for runs that may run beside it" if others else "")
+            + f", but only {(free + held) / gib:.2f} GiB of memory is available"
+            + (f" ({free / gib:.2f} GiB free now + {held / gib:.2f} GiB held by running runs)" if held else "")
+            + " (GiB = 2^30 bytes)",
             "nproc",
         )
 

@@ -75,10 +75,14 @@ class Queue:
                 return r["run_id"]
         return None
 
-    def queued_need_bytes(self, count: int) -> int:
-        """Memory the `count` largest queued (not yet started) runs will take when they start beside a new one."""
-        needs = sorted((e.get("need_bytes", 0) for e in self.entries if e["state"] == runstore.QUEUED), reverse=True)
-        return sum(needs[:count])
+    def active_need_bytes(self, count: int) -> int:
+        """Memory of the `count` largest queued or running runs: those that may run beside a new one."""
+        needs = sorted((e.get("need_bytes", 0) for e in self.entries), reverse=True)
+        return sum(needs[:count]) if count > 0 else 0
+
+    def running_need_bytes(self) -> int:
+        """Predicted memory of the running runs (already taken out of what the machine reports free)."""
+        return sum(e.get("need_bytes", 0) for e in self.entries if e["state"] == runstore.RUNNING)
 
     def try_start(self, run_id: str, gpus_found: int = 0) -> dict | None:
         """Marks run_id running if it is the first queued run and there is room; returns its entry (with the

@@ -374,3 +374,19 @@ def test_metrics_volume_is_capped_and_the_status_says_so():
     assert spec.log_interval == 100 and spec.eval_interval == 1000
     assert "log interval raised from 1 to 100" in notes[0]
     assert runstore.cap_metrics_volume(JobSpec(steps=50)) == (JobSpec(steps=50), [])
+
+
+def test_memory_held_by_a_running_run_counts_as_available_to_a_run_queued_after_it(tmp_path, monkeypatch):
+    class Busy:
+        available = 2 * 2**30  # the running run holds most of the machine now
+
+    monkeypatch.setattr(launcher.psutil, "virtual_memory", lambda: Busy)
+    monkeypatch.delenv(runqueue.MAX_ACTIVE_ENV, raising=False)
+    queue = runqueue.Queue(tmp_path, [], [])
+    queue.add({"run_id": "big", "device": "cpu", "nproc": 8, "need_bytes": 13 * 2**30})
+    queue.try_start("big")
+    need = {"model_state_bytes": 10 * 2**30, "baseline_bytes": 3 * 2**30, "total_bytes": 13 * 2**30}
+    launcher.check_memory(JobSpec(nproc=8), need, queue)  # runs after it, one at a time: fits
+    monkeypatch.setenv(runqueue.MAX_ACTIVE_ENV, "2")
+    with pytest.raises(SpecError, match=r"plus 13.00 GiB for runs that may run beside it.*15.00 GiB"):
+        launcher.check_memory(JobSpec(nproc=8), need, queue)  # two at once: 26 GiB > 15 GiB
