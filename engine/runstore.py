@@ -426,7 +426,10 @@ class Heartbeat:
         self._stop = threading.Event()
 
     def start(self) -> "Heartbeat":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # beat() keeps trying; a rank never dies of its heartbeat
         self.beat()
         threading.Thread(target=self._run, name="shardlab-heartbeat", daemon=True).start()
         return self
@@ -497,11 +500,13 @@ def parse_record(line: bytes, rank: int) -> dict | None:
     for key in ("step", "t"):
         if key in record and not (_is_number(record[key]) and (key != "step" or isinstance(record[key], int))):
             return None
-    if record["kind"] in NUMERIC_KINDS and not all(
-        v is None or _is_number(v) for k, v in record.items() if k != "kind"
-    ):
-        return None
+    kind = record["kind"]
+    if kind in NUMERIC_KINDS and not all(type(v) in _NUMERIC_TYPES or v is kind for v in record.values()):
+        return None  # (type() rather than isinstance: a bool is not a measurement)
     return record
+
+
+_NUMERIC_TYPES = frozenset((int, float, type(None)))
 
 
 def read_records(path: Path, rank: int | None = None) -> list[dict]:
