@@ -120,12 +120,16 @@ def launch(spec: JobSpec, runs_dir: Path | None = None, client_token: str | None
         queue.add({"run_id": path.name, "device": spec.device, "nproc": spec.nproc, "client_token": client_token,
                    "need_bytes": need["total_bytes"], "spec_hash": digest, "created_at": time.time()})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    with open(path / "supervisor.log", "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "engine.supervisor", str(path)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True,  # not in the app's process group: a Ctrl-C there does not kill the run
-        )
+    try:
+        with open(path / "supervisor.log", "ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "engine.supervisor", str(path)],
+                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,  # not in the app's process group: a Ctrl-C there does not kill the run
+            )
+    except OSError as error:  # out of processes or memory: the run fails now instead of waiting to be lost
+        runstore.transition(path, runstore.read_status_file(path), runstore.FAILED, ended_at=time.time(),
+                            error=f"its supervisor could not start: {error.strerror or error}")
     return path.name
 
 
