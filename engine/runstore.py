@@ -500,13 +500,26 @@ def parse_record(line: bytes, rank: int) -> dict | None:
     for key in ("step", "t"):
         if key in record and not (_is_number(record[key]) and (key != "step" or isinstance(record[key], int))):
             return None
-    kind = record["kind"]
-    if kind in NUMERIC_KINDS and not all(type(v) in _NUMERIC_TYPES or v is kind for v in record.values()):
+    if record["kind"] in NUMERIC_KINDS and not all(
+        type(v) in _NUMERIC_TYPES for k, v in record.items() if _numeric_key(k)
+    ):
         return None  # (type() rather than isinstance: a bool is not a measurement)
     return record
 
 
 _NUMERIC_TYPES = frozenset((int, float, type(None)))
+NUMERIC_KEYS = frozenset(("step", "world_size", "t", "loss", "loss_global", "samples_per_s", "eval_loss",
+                          "eval_accuracy"))
+NUMERIC_SUFFIXES = ("_bytes", "/bytes", "_s", "/calls", "_est")  # unit-bearing keys: bytes, seconds, counts
+
+
+def _numeric_key(key: str, _known: dict = {}) -> bool:
+    """Keys whose values readers compute with. Other keys (a helper's new nested value) pass through as they are."""
+    try:
+        return _known[key]
+    except KeyError:
+        _known[key] = found = key in NUMERIC_KEYS or key.endswith(NUMERIC_SUFFIXES)
+        return found
 
 
 def read_records(path: Path, rank: int | None = None) -> list[dict]:
