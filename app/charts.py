@@ -12,15 +12,11 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from engine import runstore
 from engine.units import display_unit, unit_note
 
 # Model state as the ZeRO paper splits it, plus what the process holds besides (RSS or CUDA allocated).
-STATE_CATEGORIES = {  # metric name -> label a student reads
-    "params": "parameters",
-    "master": "master params (ZeRO-2 shards)",
-    "grads": "gradients",
-    "optimizer": "optimizer state",
-}
+STATE_CATEGORIES = runstore.CATEGORY_LABELS  # category key -> label a student reads (defined in runstore)
 OTHER_LABEL = "other (RSS − model state)"
 OTHER_LABEL_CUDA = "other (CUDA allocated − model state)"
 CATEGORY_COLORS = {

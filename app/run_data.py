@@ -5,7 +5,7 @@ No streamlit here, so the benchmark and the tests call exactly what the live vie
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import re
 import threading
 import time
@@ -21,10 +21,8 @@ from engine.units import display_unit, format_bytes
 
 MAX_POINTS_PER_SERIES = 1000  # Altair stays smooth at ~1k points per line; 10k is too heavy for a 1 s refresh
 ACTIVE_STATES = runstore.ACTIVE_STATES
-FINAL_STATES = ("succeeded", "failed", "cancelled")
-UNREADABLE = "unreadable"  # list_runs' state for a folder that cannot be read (its "error" says why)
-# A run id is one plain folder name: no separator, no leading dot, bounded length (run ids are ~25 characters).
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+FINAL_STATES = runstore.FINAL_STATES
+UNREADABLE = runstore.UNREADABLE  # list_runs' state for a folder that cannot be read (its "error" says why)
 # Lines torchrun and gloo print when a cancel stops the ranks: expected, not errors.
 SHUTDOWN_NOISE = re.compile(
     r"death signal|closing signal SIG|SignalException|got signal: 15|Received SIG|Signals\.SIGTERM"
@@ -32,8 +30,7 @@ SHUTDOWN_NOISE = re.compile(
 )
 
 
-class RunUnreadable(Exception):
-    """The run folder exists but its spec or status cannot be read (the message says why)."""
+RunUnreadable = runstore.RunUnreadable  # the run folder exists but its spec cannot be read (the message says why)
 
 
 def runs_dir() -> Path:
@@ -42,21 +39,12 @@ def runs_dir() -> Path:
 
 
 def find_run(run_id: object, root: Path | None = None) -> Path | None:
-    """The folder of run `run_id` inside the runs folder, or None.
-
-    Only a plain run id is accepted (so `../elsewhere`, an absolute path or a 5,000-character value name
-    nothing), and the folder must resolve to a direct child of the runs folder and hold a spec.json.
-    """
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        return None
-    root = Path(root or runs_dir())
-    path = root / run_id
+    """The folder of run `run_id` inside the runs folder, or None: only a plain run id names a run
+    (runstore.run_dir refuses `../elsewhere`, an absolute path, a 5,000-character value, a link out)."""
     try:
-        if path.resolve().parent != root.resolve() or not (path / "spec.json").is_file():
-            return None
-    except OSError:  # a symlink loop, a permission error: not a run
+        return runstore.run_dir(run_id, root or runs_dir())
+    except runstore.RunError:
         return None
-    return path
 
 
 class MetricsTail:
@@ -91,25 +79,14 @@ class MetricsTail:
                 complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
                 self._offsets[path] = offset + len(complete)
                 for line in complete.splitlines():
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue  # a garbled line (killed writer) is skipped, never fatal
-                    if not isinstance(record, dict) or not _whole(record.get("rank")):
-                        continue  # `42`, `[1,2]` or a record without a rank: not a record of this run
-                    if record.get("kind") == "train":
-                        if _whole(record.get("step")):
-                            new_train.append(record)
-                    else:
-                        self.events.append(record)
+                    record = runstore.parse_record(line, runstore.rank_of(path))
+                    if record is None:
+                        continue  # a garbled line (killed writer, stray data) is skipped, never fatal
+                    (new_train if record.get("kind") == "train" else self.events).append(record)
             if new_train:
                 frame = pd.concat([self._train, pd.DataFrame.from_records(new_train)], ignore_index=True)
                 self._train = frame.sort_values(["rank", "step"], kind="stable").reset_index(drop=True)
             return self._train
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def downsample(train: pd.DataFrame, max_points: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
@@ -175,13 +152,11 @@ class RunSnapshot:
 def load_snapshot(run_dir: Path, tail: MetricsTail | None = None, log_lines: int = 30) -> RunSnapshot:
     """Reads status, spec, metrics (through `tail`, incrementally, when given) and the log tail."""
     run_dir = Path(run_dir)
+    status = runstore.read_status(run_dir)  # never raises: what it cannot read it says so in its state
     try:
-        status = runstore.read_status(run_dir)
-        spec = json.loads((run_dir / "spec.json").read_bytes())
-    except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
-        raise RunUnreadable(f"{type(error).__name__}: {error}") from error
-    if not isinstance(spec, dict) or not isinstance(status, dict):
-        raise RunUnreadable("spec.json and status.json must each hold one JSON object")
+        spec = dataclasses.asdict(runstore.read_spec(run_dir))
+    except runstore.RunError as error:
+        raise RunUnreadable(str(error)) from error
     if status.get("state") == UNREADABLE:
         raise RunUnreadable(str(status.get("error", "no reason given")))
     tail = tail or MetricsTail(run_dir)
@@ -225,14 +200,17 @@ def progress(snap: RunSnapshot, now: float | None = None) -> dict:
 
 def failure_in_words(snap: RunSnapshot) -> str | None:
     """Why a run failed, in one or two sentences a student can act on (None unless it failed)."""
-    if snap.state != "failed":
+    if snap.state not in ("failed", "lost"):
         return None
+    from engine.supervisor import PEER_ERRORS  # errors that follow from another rank's death
+
     if snap.errors:
         first = min(snap.errors, key=lambda e: e.get("t", 0))
         message = str(first.get("message", "")).strip().splitlines()
-        return f"Rank {first.get('rank')} stopped with an error: {message[-1] if message else 'no message'}."
-    if snap.status.get("error"):
-        return f"The run failed: {snap.status['error']}."
+        if not any(text in str(first.get("message", "")) for text in PEER_ERRORS) or not snap.status.get("error"):
+            return f"Rank {first.get('rank')} stopped with an error: {message[-1] if message else 'no message'}."
+    if snap.status.get("error"):  # the supervisor's root cause: a signal, torchrun's first failure, a lost run
+        return f"The run {'was lost' if snap.state == 'lost' else 'failed'}: {snap.status['error']}."
     code = snap.status.get("exit_code")
     return f"The run failed (torchrun exit code {code}); the log below says more."
 

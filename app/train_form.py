@@ -8,7 +8,6 @@ that, so the value as typed goes to JobSpec and a bad one is refused under its f
 
 from __future__ import annotations
 
-import inspect
 import uuid
 
 import streamlit as st
@@ -56,12 +55,9 @@ def form_spec(values: dict) -> JobSpec:
 
 
 def _start(spec: JobSpec, token: str) -> str:
-    kwargs = {"runs_dir": runs_dir()}
-    # The launcher turns a repeated call with the same token into the run it already started, so a retried
-    # click starts nothing new; a launcher without that keyword is called without it.
-    if "client_token" in inspect.signature(launcher.launch).parameters:
-        kwargs["client_token"] = token
-    return launcher.launch(spec, **kwargs)
+    # The launcher turns a repeated call with the same token and spec into the run it already started, so a
+    # retried click starts nothing new.
+    return launcher.launch(spec, runs_dir=runs_dir(), client_token=token)
 
 
 def _still_active(run_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -12,9 +13,17 @@ from pathlib import Path
 from engine import launcher, runstore
 from engine.cluster import slurm_script
 from engine.estimate import add_estimate_arguments, run_estimate_command
-from engine.spec import JobSpec, SpecError
+from engine.jsonfile import JSONFileError
+from engine.spec import JobSpec, SpecError, read_spec_file
 
 ALIASES = {"global_batch": ["--batch"]}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage text is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())[:300]}\n")
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +40,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
-    values = json.loads(args.spec.read_text()) if args.spec else {}
+    values = read_spec_file(args.spec) if args.spec else {}  # size-capped and depth-limited before parsing
     for field in dataclasses.fields(JobSpec):
         if getattr(args, field.name) is not None:
             values[field.name] = getattr(args, field.name)
@@ -45,7 +54,7 @@ def cmd_train(args) -> int:
     if not args.wait:
         return 0
     status = launcher.wait(run_id, args.runs_dir, timeout_s=float("inf"))
-    print(f"{status['state']}" + (f": {status['error']}" if status.get("error") else ""), file=sys.stderr)
+    print(status.get("detail", status["state"]), file=sys.stderr)
     return 0 if status["state"] == "succeeded" else 1
 
 
@@ -70,16 +79,23 @@ def cmd_summary(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    for run in runstore.list_runs(args.runs_dir):
+    runs = runstore.list_runs(args.runs_dir)
+    if args.json:
+        keys = ("run_id", "state", "detail", "queue_position", "error", "created_at")
+        print(json.dumps([{k: run[k] for k in keys if k in run} for run in runs], indent=2))
+        return 0
+    for run in runs:
         spec = run["spec"]
-        print(f"{run['run_id']:<32} {run['state']:<10} {spec['strategy']:<6} {spec['nproc']} ranks  "
-              f"{spec['model']}/{spec['size']} on {spec['dataset']}, {spec['steps']} steps")
+        what = (f"{spec['strategy']:<6} {spec['nproc'] * spec['nnodes']} ranks  {spec['model']}/{spec['size']} on "
+                f"{spec['dataset']}, {spec['steps']} steps" if spec else "")
+        print(f"{run['run_id']:<32} {run['state']:<10} {what}"
+              + (f"  [{run['detail']}]" if run["detail"] != run["state"] else ""))
     return 0
 
 
 def cmd_cancel(args) -> int:
     status = launcher.cancel(args.run_id, args.runs_dir)
-    print(status["state"])
+    print(status.get("detail", status["state"]))
     return 0
 
 
@@ -89,8 +105,14 @@ def cmd_torchrun_command(args) -> int:
     spec = spec_from_args(args)
     if spec.nnodes > 1 and not args.rdzv_endpoint:
         raise SpecError("a multi-node job needs --rdzv-endpoint HOST:PORT (the address of node 0)")
+    spec, notes = runstore.cap_metrics_volume(spec)
+    for note in notes:
+        print(f"# note: {note}", file=sys.stderr)
     spec_path = args.spec_out or Path("spec.json")
     if args.spec_out:
+        if args.spec_out.is_dir():
+            raise SpecError(f"--spec-out {args.spec_out} is a folder; give a file path such as "
+                            f"{args.spec_out / 'spec.json'}")
         spec.save(args.spec_out)
     command = torchrun_command(spec_path, spec.nproc, spec.nnodes, args.node_rank, args.rdzv_endpoint)
     command[0] = "python"  # the line is for another machine: its own interpreter
@@ -117,7 +139,7 @@ def cmd_slurm_script(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="ShardLab engine")
+    parser = Parser(prog="python -m engine", description="ShardLab engine")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_runs_dir(p):
@@ -140,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("run_id")
     summary.set_defaults(handler=cmd_summary)
 
-    with_runs_dir(commands.add_parser("runs", help="list runs")).set_defaults(handler=cmd_runs)
+    runs = with_runs_dir(commands.add_parser("runs", help="list runs"))
+    runs.add_argument("--json", action="store_true", help="a JSON list of {run_id, state, detail, ...}")
+    runs.set_defaults(handler=cmd_runs)
 
     cancel = with_runs_dir(commands.add_parser("cancel", help="stop a running run"))
     cancel.add_argument("run_id")
@@ -172,9 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Every user error is one line on stderr and exit status 2; a closed pipe (`| head`) is quiet."""
     try:
-        return args.handler(args)
-    except (SpecError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        args = build_parser().parse_args(argv)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below, not at interpreter exit
+        return code
+    except (SpecError, runstore.RunError, JSONFileError, OSError, ValueError, OverflowError) as error:
+        if isinstance(error, BrokenPipeError):
+            return _quiet_broken_pipe()
+        message = " ".join(str(error).split())
+        print(f"error: {message[:500]}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away: point stdout at /dev/null so the interpreter's final flush does not complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0

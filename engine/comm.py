@@ -25,6 +25,8 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 
+from engine import runstore
+
 # torch.distributed function -> (collective type, the argument that carries the payload)
 WATCHED: dict[str, tuple[str, str]] = {
     "all_reduce": ("all_reduce", "tensor"),
@@ -167,14 +169,38 @@ class CommCounter:
         record: dict[str, float] = {}
         payload = wire = 0.0
         for op, (calls, size) in sorted(self.step.items()):
-            record[f"comm/{op}/calls"] = calls
-            record[f"comm/{op}/bytes"] = size
+            record[runstore.comm_calls_key(op)] = calls
+            record[runstore.comm_bytes_key(op)] = size
             payload += size
             wire += wire_bytes_estimate(op, size, self.world_size)
-        record["comm/payload_bytes"] = int(payload)
-        record["comm/wire_bytes_est"] = int(wire)
-        record["comm/cum_payload_bytes"] = self.total_payload_bytes
+        record[runstore.COMM_PAYLOAD_KEY] = int(payload)
+        record[runstore.COMM_WIRE_EST_KEY] = int(wire)
+        record[runstore.COMM_CUM_PAYLOAD_KEY] = self.total_payload_bytes
         return record
+
+
+class NoCommCounter:
+    """What the worker holds when counting is off (spec.instrument false): the same calls, doing nothing."""
+
+    def reset_step(self) -> None:
+        pass
+
+    def paused(self):
+        return contextlib.nullcontext()
+
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
+    phase = ""  # the worker sets it all the same
+
+    def name_parameters(self, model) -> None:
+        pass
+
+    def start_log(self) -> None:
+        pass
+
+    def take_log(self) -> list[dict]:
+        return []
 
 
 _ddp_bucket = threading.local()  # the DDP bucket being all-reduced right now, for the collective log

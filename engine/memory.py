@@ -14,7 +14,7 @@ import sys
 import psutil
 import torch
 
-CATEGORIES = ("params", "master", "grads", "optimizer")
+from engine.runstore import STATE_CATEGORIES as CATEGORIES  # the one list of model-state categories
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.jsonfile import JSONFileError, read_json_file
 from engine.registry import DATASETS, MODELS
 
 # Each strategy, the PyTorch-native recipe that implements it, and one line a student reads.
@@ -41,6 +43,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "sgd_momentum")
 PRECISIONS = ("fp32", "bf16", "fp64")
 DEVICES = ("cpu", "cuda")
 MAX_CPU_RANKS = 64
+MAX_STEPS = 1_000_000
+MAX_SPEC_FILE_BYTES = 64 * 1024  # a spec is ~600 bytes; larger files are refused before they are read
+INT64_MAX = 2**63 - 1
 
 
 class SpecError(ValueError):
@@ -74,6 +79,8 @@ class JobSpec:
     data_dir: str = ""  # where cifar10 lives; empty means ./data/cifar-10-batches-py
     fail_at_step: int = 0  # test hook: rank nproc-1 raises at this step (0 = never)
     memory_budget_mb: int = 0  # per-rank device budget, MiB (0 = none); on CPU a simulated device (engine/budget.py)
+    stall_after_s: float = 60.0  # a rank whose heartbeat is older than this shows as stalled
+    collective_timeout_s: float = 300.0  # process-group timeout: a collective hung this long fails the run
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +94,8 @@ class JobSpec:
         return self.global_batch // self.world_size
 
     def validate(self) -> None:
+        self.check_types()
+
         def choose(field: str, value: str, options, what: str = "") -> None:
             if value not in options:
                 raise SpecError(f"unknown {what or field} '{value}' (choose {', '.join(options)})", field)
@@ -102,13 +111,19 @@ class JobSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{field} must be a whole number of at least 1 (got {value!r})", field)
-        if isinstance(self.memory_budget_mb, bool) or not isinstance(self.memory_budget_mb, int) or not (
-            0 <= self.memory_budget_mb <= 16 * 2**20
-        ):
+        for field in ("eval_interval", "fail_at_step", "seed"):
+            if getattr(self, field) < 0:
+                raise SpecError(f"{field} must be 0 or more (got {getattr(self, field)!r})", field)
+        if not 1 <= self.stall_after_s <= 86_400:
+            raise SpecError(f"stall_after_s must be between 1 and 86400 seconds (got {self.stall_after_s!r})",
+                            "stall_after_s")
+        if not 10 <= self.collective_timeout_s <= 86_400:
+            # Below ~10 s a rank still importing torch on a busy machine would time out the others' first barrier.
+            raise SpecError("collective_timeout_s must be between 10 and 86400 seconds "
+                            f"(got {self.collective_timeout_s!r})", "collective_timeout_s")
+        if not 0 <= self.memory_budget_mb <= 16 * 2**20:
             raise SpecError(f"memory budget must be a whole number of MiB, 0 (none) to 16 TiB (got {self.memory_budget_mb!r})",
                             "memory_budget_mb")
-        if self.eval_interval < 0 or self.fail_at_step < 0:
-            raise SpecError("eval_interval and fail_at_step must be 0 or more", "eval_interval")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr <= 10:
             raise SpecError(f"learning rate must be between 0 and 10 (got {self.lr!r})", "lr")
         if self.device == "cpu" and self.nproc > MAX_CPU_RANKS:
@@ -125,8 +140,8 @@ class JobSpec:
                 f"training samples of {self.dataset}",
                 "global_batch",
             )
-        if self.steps > 1_000_000:
-            raise SpecError("steps must be at most 1,000,000", "steps")
+        if self.steps > MAX_STEPS:
+            raise SpecError(f"steps must be at most {MAX_STEPS:,}", "steps")
         needs = MODELS[self.model].input_kind
         offers = DATASETS[self.dataset].kind
         if needs != offers:
@@ -136,6 +151,26 @@ class JobSpec:
                 "dataset",
             )
 
+    def check_types(self) -> None:
+        """Each field holds its declared type: a bool only where a bool belongs, whole numbers within int64,
+        finite floats, text for names. JSON and forms hand over anything; nothing is coerced."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), str(field.type)
+            if kind == "bool":
+                ok, want = isinstance(value, bool), "true or false"
+            elif kind == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool) and -INT64_MAX - 1 <= value <= INT64_MAX
+                want = "a whole number"
+            elif kind == "float":
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and math.isfinite(value) and abs(value) <= 1e300)
+                want = "a finite number"
+            else:
+                ok, want = isinstance(value, str) and len(value) <= 4096, "text"
+            if not ok:
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+                raise SpecError(f"{field.name} must be {want} (got {shown})", field.name)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -144,18 +179,34 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, values: dict) -> "JobSpec":
+        if not isinstance(values, dict):
+            raise SpecError(f"a spec is a JSON object of fields, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
+            shown = ", ".join(str(name)[:40] for name in unknown[:5])
+            raise SpecError(f"unknown spec field(s): {shown}", str(unknown[0])[:40])
         return cls(**values)
 
     @classmethod
     def load(cls, path: Path) -> "JobSpec":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A spec file, size-capped and depth-limited before it is parsed."""
+        return cls.from_dict(read_spec_file(path))
 
     def replace(self, **changes) -> "JobSpec":
         return dataclasses.replace(self, **changes)
+
+
+def read_spec_file(path: Path) -> dict:
+    """The fields in a spec file (not yet validated): a JSON object in a regular file of at most 64 KiB."""
+    try:
+        values = read_json_file(path, MAX_SPEC_FILE_BYTES)
+    except JSONFileError as error:
+        raise SpecError(str(error)) from None
+    if not isinstance(values, dict):
+        raise SpecError(f"{path} holds {type(values).__name__ if values is not None else 'null'}, "
+                        "not a JSON object of spec fields")
+    return values
 
 
 def check_resources(spec: JobSpec, gpus_found: int) -> None:

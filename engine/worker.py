@@ -8,12 +8,13 @@ On two machines (print the exact line with `python -m engine torchrun-command`):
 Without torchrun it runs as a single rank (RANK/WORLD_SIZE absent), which is the full-batch reference.
 
 Every number it reports is measured here and appended, one JSON line per record, to
-<run dir>/metrics/rank<r>.jsonl (never to the shared stdout, where ranks' lines interleave).
+<run dir>/metrics/rank<r>.jsonl (never to the shared stdout, where ranks' lines interleave); the record
+kinds and key names belong to engine/runstore.py, which reads them back. A heartbeat thread touches
+<run dir>/heartbeat/rank<r> every few seconds, so a stopped or frozen rank shows as stalled.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -21,14 +22,17 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.elastic.multiprocessing import errors as elastic_errors
 
+from engine import runstore
 from engine.budget import MemoryNeed, cap_cuda_memory
-from engine.comm import CommCounter
+from engine.comm import CommCounter, NoCommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
 from engine.memory import DeviceMemory, ProcessMemory, SavedActivations, model_state_bytes
 from engine.models import build_model, count_parameters
@@ -42,18 +46,7 @@ EVAL_ITEMS = 512  # held-out samples per evaluation, split evenly over the ranks
 DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # bf16: fp32 weights, bf16 compute
 
 
-class MetricsWriter:
-    """Appends one JSON record per line; each line goes out in a single write(), so a kill never leaves half a
-    record mid-file (at worst a torn last line, which readers skip)."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-    def write(self, **record) -> None:
-        os.write(self.fd, (json.dumps(record) + "\n").encode())
-
-
+@elastic_errors.record  # torchrun's error file gets this rank's traceback, and its failure report names the first failure
 def main(spec_path: Path) -> None:
     # -------------------------------------------------------------------------------------- setup
     spec = JobSpec.load(spec_path)
@@ -79,17 +72,21 @@ def main(spec_path: Path) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not distributed:  # a single process still needs a group for DDP/FSDP: a world of one
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    metrics = MetricsWriter(run_dir / "metrics" / f"rank{rank}.jsonl")
+    heartbeat = runstore.Heartbeat(run_dir, rank).start()
+    # A collective that waits longer than this (a peer stopped or hung) raises, so a hang ends as a failure.
+    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                            timeout=timedelta(seconds=spec.collective_timeout_s))
+    metrics = runstore.MetricsWriter(run_dir, rank)
     try:
         train(spec, run_dir, rank, world_size, device, backend, metrics, lambda: stop_requested)
     except BaseException as error:
         metrics.write(
-            kind="error", rank=rank, t=time.time(), message=f"{type(error).__name__}: {error}",
+            kind=runstore.ERROR, rank=rank, t=time.time(), message=f"{type(error).__name__}: {error}",
             traceback=traceback.format_exc(),
         )
         raise
     finally:
+        heartbeat.stop()
         dist.destroy_process_group()
 
 
@@ -103,12 +100,11 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     model = build_model(spec.model, spec.size, dataset.shape).to(device=device, dtype=dtype)
     param_count = count_parameters(model)
 
-    comm = CommCounter(world_size).install() if spec.instrument else None
+    comm = CommCounter(world_size).install() if spec.instrument else NoCommCounter()
     shard_units = model.shard_units
-    model = apply_strategy(model, spec.strategy, device, spec.precision, count_comm=comm is not None)
+    model = apply_strategy(model, spec.strategy, device, spec.precision, count_comm=spec.instrument)
     optimizer = build_optimizer(model, spec.strategy, spec.optimizer, spec.lr)
-    if comm:
-        comm.name_parameters(model)
+    comm.name_parameters(model)
     # The memory wall: a GPU's allocator enforces the budget; a CPU rank checks its measured need against it.
     if spec.memory_budget_mb and device.type == "cuda":
         cap_cuda_memory(device, spec.memory_budget_mb)
@@ -116,7 +112,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     saved_activations = SavedActivations()  # bytes kept for backward, counted on logged and measured steps only
     need = MemoryNeed(
         unwrap(model), optimizer, shard_units, rank, cpu_budget_mb, saved_activations,
-        on_over_budget=lambda record: metrics.write(kind="memory_need", rank=rank, t=time.time(), over_budget=True,
+        on_over_budget=lambda record: metrics.write(kind=runstore.MEMORY_NEED, rank=rank, t=time.time(), over_budget=True,
                                                     budget_bytes=cpu_budget_mb * 2**20, simulated=True, **record),
     ) if (spec.instrument or cpu_budget_mb) else None
     collectives_step = min(2, spec.steps)  # step 2 is the steady state (step 1 also builds Adam's state)
@@ -128,7 +124,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     )
     process_memory, device_memory = ProcessMemory(), DeviceMemory(device)
     metrics.write(
-        kind="start", rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
+        kind=runstore.START, rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
+        node_rank=int(os.environ.get("GROUP_RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         backend=backend, device=str(device), param_count=param_count,
         strategy_pytorch=STRATEGIES[spec.strategy]["pytorch"], t=time.time(),
     )
@@ -137,8 +134,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if not spec.instrument:
             return {}
         state = model_state_bytes(model, optimizer)
-        record = {f"mem/{phase}/{category}_bytes": size for category, size in state.items()}
-        record[f"mem/{phase}/rss_bytes"] = process_memory.rss_bytes()
+        record = {runstore.mem_key(phase, category): size for category, size in state.items()}
+        record[runstore.mem_rss_key(phase)] = process_memory.rss_bytes()
         return record
 
     # ------------------------------------------------------------------------------ training
@@ -148,8 +145,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if step == spec.fail_at_step and rank == world_size - 1:
             raise RuntimeError(f"rank {rank} failed on purpose at step {step} (fail_at_step test hook)")
         logging_step = step % spec.log_interval == 0 or step == spec.steps
-        if comm:
-            comm.reset_step()
+        comm.reset_step()
         process_memory.reset_peak()
         device_memory.reset_peak()
         t0 = time.perf_counter()
@@ -160,10 +156,9 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         saved_activations.start(enabled=(logging_step and spec.instrument) or measuring)
         if measuring:
             need.begin()
-        if comm:
-            comm.phase = "forward"
-            if step == collectives_step:
-                comm.start_log()
+        comm.phase = "forward"
+        if step == collectives_step:
+            comm.start_log()
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, -2), y.flatten())
@@ -172,14 +167,12 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
             need.after("forward")  # reads the saved storages
         saved_activations.forget()
         memory = snapshot("forward") if logging_step else {}
-        if comm:
-            comm.phase = "backward"
+        comm.phase = "backward"
         loss.backward()
         if measuring:
             need.after("backward")
         memory |= snapshot("backward") if logging_step else {}
-        if comm:
-            comm.phase = "optimizer"
+        comm.phase = "optimizer"
         optimizer.step()
         after_optimizer_step(model, spec.strategy)
         # Keep gradient storage (zeroed, not freed): DDP's buckets hold it anyway, and the memory shown stays honest.
@@ -187,10 +180,10 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if measuring:
             need.after("step")
         memory |= snapshot("step") if logging_step else {}
-        if comm and step == collectives_step:
-            metrics.write(kind="collectives", step=step, rank=rank, t=time.time(), ops=comm.take_log())
+        if spec.instrument and step == collectives_step:
+            metrics.write(kind=runstore.COLLECTIVES, step=step, rank=rank, t=time.time(), ops=comm.take_log())
         if measuring and step == min(MEASURED_STEPS, spec.steps):
-            metrics.write(kind="memory_need", step=step, rank=rank, t=time.time(),
+            metrics.write(kind=runstore.MEMORY_NEED, step=step, rank=rank, t=time.time(),
                           budget_bytes=spec.memory_budget_mb * 2**20, simulated=device.type == "cpu", over_budget=False,
                           **need.record())
             need.close()
@@ -200,30 +193,30 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
 
         if logging_step:
             record = dict(
-                kind="train", step=step, rank=rank, world_size=world_size, t=time.time(),
+                kind=runstore.TRAIN, step=step, rank=rank, world_size=world_size, t=time.time(),
                 loss=loss.item(), step_time_s=step_time_s, samples_per_s=spec.global_batch / step_time_s,
                 rss_bytes=process_memory.rss_bytes(), peak_rss_bytes=process_memory.peak_rss_bytes(),
             )
             if activation_bytes is not None:
                 record["activation_bytes"] = activation_bytes
-            if comm:
-                record |= comm.step_metrics()
-            with comm.paused() if comm else nullcontext():  # bookkeeping, not the strategy's traffic
+            record |= comm.step_metrics()
+            with comm.paused():  # bookkeeping, not the strategy's traffic
                 record["loss_global"] = global_mean(loss.detach().float(), world_size)
             metrics.write(**record, **memory, **device_memory.metrics())
         if (spec.eval_interval and step % spec.eval_interval == 0) or step == spec.steps:
-            with comm.paused() if comm else nullcontext():
+            with comm.paused():
                 eval_loss, eval_accuracy = evaluate(model, dataset, rank, world_size, device, dtype, autocast)
-            metrics.write(kind="eval", step=step, rank=rank, t=time.time(), eval_loss=eval_loss,
+            metrics.write(kind=runstore.EVAL, step=step, rank=rank, t=time.time(), eval_loss=eval_loss,
                           eval_accuracy=eval_accuracy)
 
     # ------------------------------------------------------------------------------ the end
     if spec.save_final_params:
-        with comm.paused() if comm else nullcontext():
+        with comm.paused():
             params = full_parameters(model)  # a collective for sharded models: every rank takes part
         if rank == 0:
             torch.save(params, run_dir / "final_params.pt")
-    metrics.write(kind="end", step=step, rank=rank, t=time.time(), cancelled=should_stop())
+    metrics.write(kind=runstore.END, step=step, rank=rank, t=time.time(), cancelled=should_stop(),
+                  completed=step == spec.steps)
 
 
 def on_device(x: torch.Tensor, y: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:

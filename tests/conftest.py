@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from engine import launcher, runstore
+from engine.runqueue import MAX_ACTIVE_ENV
 from engine.spec import JobSpec
 
 # Every test that launches a run writes under a temporary folder, never into ./runs.
@@ -33,24 +34,29 @@ BASE = dict(model="mlp", size="tiny", dataset="digits", steps=20, global_batch=1
 
 @pytest.fixture(scope="session")
 def engine_runs(tmp_path_factory):
-    """Nine runs launched at once: a one-process full-batch reference, and every strategy at 2 and 4 ranks.
+    """Nine runs launched together (the launch queue runs three at a time): a one-process full-batch reference, and every strategy at 2 and 4 ranks.
     One of them goes through the CLI, as a user on a cluster would start it."""
     root = tmp_path_factory.mktemp("engine-runs")
-    ids = {("reference", 1): launcher.launch(JobSpec(strategy="ddp", nproc=1, **BASE), root)}
-    for strategy in STRATEGIES:
-        for n in RANKS:
-            if (strategy, n) == ("zero3", 4):
-                continue
-            ids[(strategy, n)] = launcher.launch(JobSpec(strategy=strategy, nproc=n, **BASE), root)
-    cli = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "--strategy", "zero3", "--nproc", "4", "--model", "mlp",
-         "--size", "tiny", "--steps", "20", "--batch", "16", "--save-final-params", "--runs-dir", str(root)],
-        capture_output=True, text=True, check=True,
-    )
-    ids[("zero3", 4)] = cli.stdout.strip()
-    for run_id in ids.values():
-        status = launcher.wait(run_id, root, timeout_s=400)
-        assert status["state"] == "succeeded", (run_id, status, runstore.log_tail(root / run_id))
+    # The launch queue runs one CPU run at a time by default; these tiny runs share the machine three at a time.
+    os.environ[MAX_ACTIVE_ENV] = "3"
+    try:
+        ids = {("reference", 1): launcher.launch(JobSpec(strategy="ddp", nproc=1, **BASE), root)}
+        for strategy in STRATEGIES:
+            for n in RANKS:
+                if (strategy, n) == ("zero3", 4):
+                    continue
+                ids[(strategy, n)] = launcher.launch(JobSpec(strategy=strategy, nproc=n, **BASE), root)
+        cli = subprocess.run(
+            [sys.executable, "-m", "engine", "train", "--strategy", "zero3", "--nproc", "4", "--model", "mlp",
+             "--size", "tiny", "--steps", "20", "--batch", "16", "--save-final-params", "--runs-dir", str(root)],
+            capture_output=True, text=True, check=True,
+        )
+        ids[("zero3", 4)] = cli.stdout.strip()
+        for run_id in ids.values():
+            status = launcher.wait(run_id, root, timeout_s=400)
+            assert status["state"] == "succeeded", (run_id, status, runstore.log_tail(root / run_id))
+    finally:
+        os.environ.pop(MAX_ACTIVE_ENV, None)
     return {key: root / run_id for key, run_id in ids.items()}
 
 

@@ -115,7 +115,7 @@ def test_launch_with_defaults_draws_the_run_live(tmp_path):
                 first_point_s = time.monotonic() - clicked
                 assert len(loss_points(page)) == 3, "a loss line per rank plus the mean"
 
-                (run_id,) = [p.name for p in runs.iterdir()]
+                (run_id,) = [r["run_id"] for r in runstore.list_runs(runs)]  # (runs/ also holds the launch queue)
                 spec = runstore.read_spec(runs / run_id)
                 assert (spec.model, spec.size, spec.dataset, spec.nproc, spec.strategy) == ("mlp", "tiny", "digits", 2, "ddp")
                 page.wait_for_function(

@@ -45,3 +45,28 @@ def test_estimate_json_has_per_rank_totals():
     result = run_cli("estimate", "--params", "7.5e9", "--ranks", "64", "--stage", "3", "--json")
     assert result.returncode == 0, result.stderr
     assert "total_bytes" in json.dumps(json.loads(result.stdout))
+
+
+def test_a_closed_pipe_is_quiet(tmp_path):
+    from tests.app_fixtures import write_fixture_run
+
+    for i in range(200):
+        write_fixture_run(tmp_path, f"run-{i:03d}", steps=1)
+    process = subprocess.Popen([sys.executable, "-m", "engine", "runs", "--runs-dir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"run-199")
+    process.stdout.close()  # what `| head -1` does
+    assert process.stderr.read() == b"" and process.wait(timeout=60) == 0
+
+
+def test_runs_json_lists_run_id_and_state(tmp_path):
+    from tests.app_fixtures import write_fixture_run
+
+    write_fixture_run(tmp_path, "a-run")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "spec.json").write_text("[]")
+    result = run_cli("runs", "--json", "--runs-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    listed = {r["run_id"]: r for r in json.loads(result.stdout)}
+    assert listed["a-run"]["state"] == "succeeded"
+    assert listed["broken"]["state"] == "unreadable" and "spec.json holds list" in listed["broken"]["error"]

@@ -51,3 +51,38 @@ def test_gpu_count_is_checked_against_the_ranks_asked_for():
         check_resources(JobSpec(device="cuda", nproc=1), gpus_found=0)
     check_resources(JobSpec(device="cuda", nproc=2), gpus_found=2)
     check_resources(JobSpec(device="cpu", nproc=8, global_batch=64), gpus_found=0)
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(seed=1e30), "seed"), (dict(seed="x"), "seed"), (dict(seed=2**64), "seed"), (dict(seed=-1), "seed"),
+        (dict(instrument="no"), "instrument"), (dict(instrument=1), "instrument"),
+        (dict(log_interval="5"), "log_interval"), (dict(eval_interval="10"), "eval_interval"),
+        (dict(nproc=True), "nproc"), (dict(steps=5.0), "steps"), (dict(lr=float("nan")), "lr"),
+        (dict(lr=float("inf")), "lr"), (dict(lr="0.1"), "lr"), (dict(lr=True), "lr"), (dict(strategy=3), "strategy"),
+        (dict(model=["mlp"]), "model"), (dict(stall_after_s=0), "stall_after_s"),
+        (dict(collective_timeout_s=1), "collective_timeout_s"), (dict(data_dir=None), "data_dir"),
+    ],
+)
+def test_wrong_types_are_refused_naming_the_field(changes, field):
+    with pytest.raises(SpecError) as error:
+        JobSpec(**changes)
+    assert error.value.field == field, str(error.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "holds list"), ("null", "holds null"), ("[" * 5000 + "]" * 5000, "nested deeper than 32 levels"),
+    (" " * 70_000 + "{}", "at most 65,536 are read"), ('{"seed": ', "not valid JSON"), (b"\xff\xfe", "not UTF-8"),
+])
+def test_spec_files_are_capped_and_depth_limited_before_parsing(tmp_path, content, message):
+    path = tmp_path / "spec.json"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(SpecError, match=message):
+        JobSpec.load(path)
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom", "/tmp"])
+def test_a_spec_path_that_is_not_a_small_regular_file_is_refused(path):
+    with pytest.raises(SpecError):
+        JobSpec.load(path)
