@@ -302,7 +302,8 @@ def runs_table(summaries: list[dict]) -> pd.DataFrame:
         detail = s.get("status_detail") if isinstance(s.get("status_detail"), dict) else {}
         rows.append({
             "run": s["run_id"],
-            "status": status,
+            # An active run says more than its state: "queued (position 2)", "stalled: rank 1 silent for 70 s".
+            "status": (s.get("status_text") or status) if status in ACTIVE_STATES else status,
             "strategy": STRATEGIES.get(spec.get("strategy"), {}).get("label", spec.get("strategy")),
             "ranks": spec.get("nproc", 1) * spec.get("nnodes", 1),
             "model": f"{spec.get('model')} {spec.get('size')}",
@@ -312,7 +313,7 @@ def runs_table(summaries: list[dict]) -> pd.DataFrame:
             "traffic": traffic_psi(s),
             "model state": _range([r["model_state_bytes"]["total"] for r in per_rank]),
             "peak RSS": _range([r.get("peak_rss_bytes") for r in per_rank]),
-            "note": str(detail.get("error") or detail.get("warning") or ""),
+            "note": "; ".join(str(n) for n in [detail.get("error") or detail.get("warning"), *(s.get("notes") or [])] if n),
         })
     columns = list(TABLE_WIDTHS_PX)
     table = pd.DataFrame(rows, columns=columns)
