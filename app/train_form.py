@@ -10,6 +10,7 @@ import streamlit as st
 
 from app import state
 from app.run_data import runs_dir
+from engine import runstore, standby
 from engine.registry import DATASETS, MODELS
 from engine.spec import OPTIMIZERS, PRECISIONS, STRATEGIES, JobSpec, SpecError
 
@@ -47,6 +48,22 @@ def launch_from_form() -> None:
         return
     st.session_state[state.CURRENT_RUN] = run_id
     st.query_params["run"] = run_id
+
+
+def keep_standby_warm() -> None:
+    """Keeps one warm torchrun job of the form's shape (engine/standby.py), so Launch skips the cold start.
+    Not while this session's run trains: its warm-up would take the cores from the run being watched."""
+    if not standby.enabled():
+        return
+    current = st.session_state[state.CURRENT_RUN]
+    try:
+        if current and runstore.read_status(runs_dir() / current).get("state") in runstore.ACTIVE_STATES:
+            return
+        standby.ensure(JobSpec(**state.form_values()), runs_dir())
+    except SpecError:
+        return  # the form shows the error on Launch; no standby for a shape that cannot run
+    except OSError:  # a runs folder we cannot write: Launch reports it; the page must still render
+        return
 
 
 def _field_error(field: str) -> None:
@@ -127,5 +144,6 @@ def render_train_form() -> None:
                         key=keys["memory_accurate"])
 
     _field_error("")
+    keep_standby_warm()
     st.button("Launch", type="primary", icon=":material/rocket_launch:", key="train_launch",
               on_click=launch_from_form)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine import runstore
+from engine import runstore, standby
 from engine.spec import JobSpec, SpecError, check_resources
 from engine.supervisor import kill_processes
 
@@ -67,6 +67,8 @@ def launch(spec: JobSpec, runs_dir: Path | None = None) -> str:
     path = runs_dir / run_id
     spec.save(path / "spec.json")
     runstore.write_json_atomic(path / "status.json", {"state": "queued", "created_at": time.time()})
+    if standby.hand_off(spec, path, runs_dir):  # a warm standby of this shape takes the run (engine/standby.py)
+        return run_id
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     with open(path / "supervisor.log", "ab") as log:
         subprocess.Popen(

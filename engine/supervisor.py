@@ -68,7 +68,8 @@ def error_summary(path: Path) -> str:
     return lines[-1].strip() if lines else "torchrun exited before any rank started"
 
 
-def main(path: Path) -> int:
+def main(path: Path, torchrun_started: subprocess.Popen | None = None) -> int:
+    """`torchrun_started`: a warm standby's torchrun (engine/standby.py), already up; this run is handed to it."""
     spec = json.loads((path / "spec.json").read_text())
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -76,7 +77,7 @@ def main(path: Path) -> int:
         # Big blocks come from mmap and go back to the OS when freed, so RSS tracks what is really held.
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     cancelled_at: list[float] = []
-    torchrun: subprocess.Popen | None = None
+    torchrun: subprocess.Popen | None = torchrun_started
 
     def on_cancel(signum, frame):
         if not cancelled_at:
@@ -91,10 +92,14 @@ def main(path: Path) -> int:
     status.update(state="running", started_at=time.time(), supervisor_pid=os.getpid())
     runstore.write_json_atomic(path / "status.json", status)
     with open(path / "log.txt", "ab") as log:
-        torchrun = subprocess.Popen(
-            torchrun_command(path / "spec.json", spec["nproc"]),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent,
-        )
+        if torchrun is None:
+            log.write(f"[supervisor] {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                      f"{' '.join(torchrun_command(path / 'spec.json', spec['nproc']))}\n".encode())
+            log.flush()
+            torchrun = subprocess.Popen(
+                torchrun_command(path / "spec.json", spec["nproc"]),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent,
+            )
     if cancelled_at:  # cancelled while torchrun was starting
         torchrun.send_signal(signal.SIGTERM)
     status["torchrun_pid"] = torchrun.pid
@@ -129,6 +134,9 @@ def main(path: Path) -> int:
     else:
         status.update(state="failed", error=error_summary(path))
     runstore.write_json_atomic(path / "status.json", status)
+    with open(path / "log.txt", "ab") as log:
+        log.write(f"[supervisor] {time.strftime('%Y-%m-%d %H:%M:%S')} {status['state']} (torchrun exit code "
+                  f"{exit_code}) {status['ended_at'] - status['started_at']:.2f} s after it started\n".encode())
     return 0
 
 

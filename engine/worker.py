@@ -36,6 +36,7 @@ from engine.spec import STRATEGIES, JobSpec
 from engine.strategies import after_optimizer_step, apply_strategy, build_optimizer, full_parameters
 from engine.supervisor import die_with_parent  # if torchrun is SIGKILLed, its ranks die too
 
+TRAINING_NICENESS = 10  # ranks saturate the cores: a lower priority keeps the app and the browser responsive
 EVAL_ITEMS = 512  # held-out samples per evaluation, split evenly over the ranks
 DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # bf16: fp32 weights, bf16 compute
 
@@ -57,6 +58,7 @@ def main(spec_path: Path) -> None:
     spec = JobSpec.load(spec_path)
     run_dir = spec_path.parent
     die_with_parent()
+    lower_priority()
     stop_requested = False
 
     def request_stop(signum, frame):  # SIGTERM from torchrun (a cancel): finish this step, then leave
@@ -77,7 +79,8 @@ def main(spec_path: Path) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not distributed:  # a single process still needs a group for DDP/FSDP: a world of one
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    if not dist.is_initialized():  # a warm standby (engine/standby_worker.py) initialised it before the run existed
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     metrics = MetricsWriter(run_dir / "metrics" / f"rank{rank}.jsonl")
     try:
         train(spec, run_dir, rank, world_size, device, backend, metrics, lambda: stop_requested)
@@ -116,6 +119,10 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         backend=backend, device=str(device), param_count=param_count,
         strategy_pytorch=STRATEGIES[spec.strategy]["pytorch"], t=time.time(),
     )
+    launched_at = (run_dir / "spec.json").stat().st_mtime  # when the launcher wrote the spec: the Launch click
+    log_line(rank, f"started on {socket.gethostname()}, pid {os.getpid()}, device {device} ({backend}), rank {rank} "
+                   f"of {world_size}; {param_count:,} parameters, {spec.strategy}; "
+                   f"{time.time() - launched_at:.2f} s after the spec was written")
 
     def snapshot(phase: str) -> dict:
         if not spec.instrument:
@@ -154,6 +161,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if device.type == "cuda":
             torch.cuda.synchronize()  # a CPU-GPU sync point: the step is done only when the GPU is
         step_time_s = time.perf_counter() - t0
+        if step == 1 and rank == 0:
+            log_line(rank, f"first step done {time.time() - launched_at:.2f} s after the spec was written")
 
         if logging_step:
             record = dict(
@@ -179,6 +188,22 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if rank == 0:
             torch.save(params, run_dir / "final_params.pt")
     metrics.write(kind="end", step=step, rank=rank, t=time.time(), cancelled=should_stop())
+    if rank == 0:
+        log_line(rank, f"{'cancelled after' if should_stop() else 'finished'} {step} of {spec.steps} steps, "
+                       f"{time.time() - launched_at:.2f} s after the spec was written")
+
+
+def lower_priority(niceness: int = TRAINING_NICENESS) -> None:
+    """At least this niceness (never lowered back: a standby's rank is already niced when it takes a run)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), niceness))
+    except (OSError, AttributeError):  # not permitted, or no setpriority on this platform: run at normal priority
+        pass
+
+
+def log_line(rank: int, text: str) -> None:
+    """One line of the run's log.txt (torchrun's stdout), in a single write so ranks' lines do not interleave."""
+    os.write(1, f"[rank {rank}] {time.strftime('%H:%M:%S')} {text}\n".encode())
 
 
 def on_device(x: torch.Tensor, y: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
