@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the 
 
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="ShardLab", page_icon=":material/grid_view:", layout="wide")
+st.set_page_config(page_title="ShardLab", page_icon="🧩", layout="wide")  # an emoji: no icon fetched from a font host
 st.navigation(
     [
         st.Page("views/train.py", title="Train", icon=":material/rocket_launch:", url_path="train", default=True),

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from engine.comm import CommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
-from engine.memory import DeviceMemory, ProcessMemory, model_state_bytes
+from engine.memory import DeviceMemory, ModelStateMeter, ProcessMemory
 from engine.models import build_model, count_parameters
 from engine.registry import model_context
 from engine.spec import STRATEGIES, JobSpec
@@ -114,6 +114,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         else nullcontext()
     )
     process_memory, device_memory = ProcessMemory(), DeviceMemory(device)
+    state_meter = ModelStateMeter(model, optimizer)
     metrics.write(
         kind="start", rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
         backend=backend, device=str(device), param_count=param_count,
@@ -127,8 +128,9 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
     def snapshot(phase: str) -> dict:
         if not spec.instrument:
             return {}
-        state = model_state_bytes(model, optimizer)
+        state, walked_at_step = state_meter.measure(phase, step)  # walked only while it can change
         record = {f"mem/{phase}/{category}_bytes": size for category, size in state.items()}
+        record[f"mem/{phase}/measured_step"] = walked_at_step
         record[f"mem/{phase}/rss_bytes"] = process_memory.rss_bytes()
         return record
 
