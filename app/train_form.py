@@ -11,6 +11,7 @@ import streamlit as st
 from app import state
 from app.run_data import runs_dir
 from engine import runstore, standby
+from engine.units import format_bytes
 from engine.registry import DATASETS, MODELS
 from engine.spec import OPTIMIZERS, PRECISIONS, STRATEGIES, JobSpec, SpecError
 
@@ -59,7 +60,11 @@ def keep_standby_warm() -> None:
     try:
         if current and runstore.read_status(runs_dir() / current).get("state") in runstore.ACTIVE_STATES:
             return
-        standby.ensure(JobSpec(**state.form_values()), runs_dir())
+        folder = standby.ensure(JobSpec(**state.form_values()), runs_dir())
+        warm = next((s for s in standby.status(runs_dir()) if s["folder"] == str(folder)), None)
+        if warm and warm["ready_ranks"]:
+            st.caption(f"A warm torchrun job of this shape is ready ({warm['ready_ranks']} ranks holding "
+                       f"{format_bytes(warm['rss_bytes'])} RSS): Launch hands it the run instead of a cold start.")
     except SpecError:
         return  # the form shows the error on Launch; no standby for a shape that cannot run
     except OSError:  # a runs folder we cannot write: Launch reports it; the page must still render

@@ -90,16 +90,20 @@ def first_train_line(run_id: str, runs_dir: Path, started: float) -> float:
     return wait_for(runs_dir / run_id / "metrics" / "rank0.jsonl", b'"kind": "train"', started)
 
 
-def standby_memory(runs_dir: Path) -> tuple[int, list[int], int]:
-    """RSS of a ready standby: its ranks, and its supervisor and torchrun (bytes)."""
+def standby_memory(runs_dir: Path) -> tuple[int, list[int], int, int]:
+    """A ready standby's memory: its ranks' RSS, each rank's, its supervisor's and torchrun's RSS, and the PSS of
+    all of them (proportional set size: shared library pages split between the processes that share them)."""
     import json
 
     import psutil
 
     (info,) = standby.status(runs_dir)
     meta = json.loads((Path(info["folder"]) / "standby.json").read_text())
-    others = sum(psutil.Process(meta[k]).memory_info().rss for k in ("supervisor_pid", "torchrun_pid"))
-    return info["rss_bytes"], info["rank_rss_bytes"], others
+    pids = [meta["supervisor_pid"], meta["torchrun_pid"],
+            *(json.loads(f.read_text())["pid"] for f in (Path(info["folder"]) / "ready").glob("rank*"))]
+    others = sum(psutil.Process(pid).memory_info().rss for pid in pids[:2])
+    pss = sum(psutil.Process(pid).memory_full_info().pss for pid in pids)
+    return info["rss_bytes"], info["rank_rss_bytes"], others, pss
 
 
 def bench_first_metric(args, runs_dir: Path) -> None:
@@ -150,7 +154,8 @@ def bench_first_metric(args, runs_dir: Path) -> None:
     others = statistics.median(m[2] for m in memory)
     print(f"standby memory cost: ranks {ranks / 2**20:.0f} MiB (per rank: "
           f"{', '.join(f'{b / 2**20:.0f}' for b in memory[-1][1])} MiB) + supervisor and torchrun "
-          f"{others / 2**20:.0f} MiB = {(ranks + others) / 2**20:.0f} MiB RSS (shared pages counted per process)")
+          f"{others / 2**20:.0f} MiB = {(ranks + others) / 2**20:.0f} MiB RSS (shared pages counted per process); "
+          f"PSS of all {statistics.median(m[3] for m in memory) / 2**20:.0f} MiB")
     standby.drop(runs_dir)
 
 

@@ -100,9 +100,14 @@ def chart(page, title: str):
 
 
 def loss_points(page) -> list[int]:
-    """Points drawn per loss line (ranks and the mean): each 'L' in an SVG path is one more point."""
-    paths = chart(page, "Training loss").locator("g.mark-line path")
-    return [(paths.nth(i).get_attribute("d") or "").count("L") + 1 for i in range(paths.count())]
+    """Points drawn per loss line (ranks and the mean): each 'L' in an SVG path is one more point. Read in one
+    evaluate, so a chart redrawn between two reads (every second while the run trains) never stalls the read."""
+    paths = page.evaluate("""() => {
+        const chart = [...document.querySelectorAll('[data-testid=stVegaLiteChart]')]
+            .find(c => c.textContent.includes('Training loss'));
+        return chart ? [...chart.querySelectorAll('g.mark-line path')].map(p => p.getAttribute('d') || '') : [];
+    }""")
+    return [d.count("L") + 1 for d in paths]
 
 
 def memory_ranks(page) -> set[str]:
@@ -159,8 +164,8 @@ def test_launch_with_defaults_draws_the_run_live(tmp_path):
                 deadline = clicked + 240
                 page.wait_for_function("() => /step [1-9][0-9]* of/.test(document.body.innerText)", timeout=240_000)
                 first_progress_s = time.monotonic() - clicked  # the server has read a first step from disk
-                while time.monotonic() < deadline and not (loss_points(page) and min(loss_points(page)) >= 1):
-                    page.wait_for_timeout(100)
+                while time.monotonic() < deadline and not loss_points(page):
+                    page.wait_for_timeout(20)
                 first_point_s = time.monotonic() - clicked
                 assert len(loss_points(page)) == 3, "a loss line per rank plus the mean"
 
