@@ -60,19 +60,37 @@ def median_step_time(spec: JobSpec, runs_dir: Path, run_ids: list | None = None)
     return statistics.median(steady.groupby("step")["step_time_s"].max())  # a step ends when its slowest rank does
 
 
+def steady_step_time(run_id: str, runs_dir: Path) -> float:
+    frame = runstore.metrics_frame(runs_dir / run_id)
+    steady = frame[frame["step"] > 5]  # skip warm-up (first all-gathers, allocator growth)
+    return statistics.median(steady.groupby("step")["step_time_s"].max())  # a step ends when its slowest rank does
+
+
 def bench_overhead(args, runs_dir: Path) -> None:
+    how = ("each pair launched at once, so the machine's drifting load hits both alike"
+           if args.pairs == "concurrent" else "pairs one after the other, order swapped each repeat")
     print(f"\n2) step time, metrics on vs off: mlp/{args.size}, digits, 2 CPU ranks, log_interval 1, "
-          f"median of steps 6..{args.steps}, {args.repeats} interleaved repeats")
-    print(f"{'strategy':<8} {'off (ms)':>9} {'on (ms)':>9} {'on/off':>7}")
+          f"median of steps 6..{args.steps}, median of {args.repeats} repeats ({how})")
+    print(f"{'strategy':<8} {'off (ms)':>9} {'on (ms)':>9} {'on/off':>7}   per-repeat on/off")
     for strategy in ("ddp", "zero1", "zero2", "zero3"):
         on, off = [], []
-        for repeat in range(args.repeats):  # alternate (and swap the order) so drifting load hits both alike
+        for repeat in range(args.repeats):
             base = JobSpec(model="mlp", size=args.size, strategy=strategy, nproc=2, steps=args.steps,
                            global_batch=64, eval_interval=0, log_interval=1)
-            for instrument in ((False, True) if repeat % 2 == 0 else (True, False)):
-                (on if instrument else off).append(median_step_time(base.replace(instrument=instrument), runs_dir))
+            order = (False, True) if repeat % 2 == 0 else (True, False)
+            if args.pairs == "concurrent":
+                ids = {instrument: launcher.launch(base.replace(instrument=instrument), runs_dir) for instrument in order}
+                for run_id in ids.values():
+                    assert launcher.wait(run_id, runs_dir, timeout_s=900)["state"] == "succeeded", run_id
+                times = {instrument: steady_step_time(run_id, runs_dir) for instrument, run_id in ids.items()}
+            else:
+                times = {instrument: median_step_time(base.replace(instrument=instrument), runs_dir)
+                         for instrument in order}
+            off.append(times[False])
+            on.append(times[True])
         t_off, t_on = statistics.median(off), statistics.median(on)
-        print(f"{strategy:<8} {t_off * 1e3:9.2f} {t_on * 1e3:9.2f} {t_on / t_off:7.3f}")
+        print(f"{strategy:<8} {t_off * 1e3:9.2f} {t_on * 1e3:9.2f} {t_on / t_off:7.3f}   "
+              f"{fmt(b / a for a, b in zip(off, on))}")
 
 
 def wait_for(path: Path, needle: bytes, started: float, timeout_s: float = 120) -> float:
@@ -207,6 +225,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", default="small", help="mlp size preset for the overhead benchmark")
     parser.add_argument("--default-steps", type=int, default=FIRST_RUN.steps, help="steps of the default-run section")
+    parser.add_argument("--pairs", choices=("concurrent", "sequential"), default="concurrent",
+                        help="overhead: run each on/off pair at the same time (default) or one after the other")
     parser.add_argument("--only", choices=("overhead", "first-metric", "default"), default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shardlab-bench-") as tmp:

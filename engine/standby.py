@@ -246,8 +246,10 @@ def serve(folder: Path) -> int:
     runstore.write_json_atomic(folder / "standby.json", info)
 
     reason = None
+    polls = 0
     while reason is None:
-        handoff = _read_json(folder / "handoff.json")
+        polls += 1
+        handoff = _read_json(folder / "handoff.json") if (folder / "handoff.json").exists() else {}
         if handoff.get("spec"):
             run_path = Path(handoff["spec"]).parent
             status = runstore.read_status(run_path)
@@ -265,6 +267,8 @@ def serve(folder: Path) -> int:
             reason = leaving[0]
         elif torchrun.poll() is not None:
             reason = f"torchrun exited ({torchrun.returncode})"
+        elif polls % 50:
+            pass  # the slower checks (processes, keepalive) once a second: an idle standby costs ~nothing
         elif not _process_alive(info["owner_pid"], info["owner_create_time"]):
             reason = "the app that asked for it exited"
         else:

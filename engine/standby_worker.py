@@ -70,21 +70,29 @@ def main(folder: Path) -> None:
           f"RSS {ready['rss_bytes'] / 2**20:.0f} MiB); waiting for a run", flush=True)
 
     idle_s = float(info.get("idle_s", 300)) + WORKER_IDLE_MARGIN_S
+    handoff_path = folder / "handoff.json"
+    polls = 0
     while True:
-        try:
-            handoff = json.loads((folder / "handoff.json").read_text())
-        except (OSError, ValueError):
-            handoff = {}
-        if handoff.get("spec"):
-            break
-        try:
-            idle = time.time() - (folder / "keepalive").stat().st_mtime
-        except OSError:
-            idle = float("inf")
-        if handoff.get("retire") or idle > idle_s:
-            dist.destroy_process_group()
-            return
+        polls += 1
+        if handoff_path.exists():  # a stat every 20 ms; the file is renamed into place whole
+            try:
+                handoff = json.loads(handoff_path.read_text())
+            except OSError:  # the folder went away: the supervisor has retired it
+                handoff = {"retire": True}
+            if handoff.get("spec") or handoff.get("retire"):
+                break
+        if polls % 50 == 0:  # once a second: has the page stopped asking for us?
+            try:
+                idle = time.time() - (folder / "keepalive").stat().st_mtime
+            except OSError:
+                idle = float("inf")
+            if idle > idle_s:
+                handoff = {"retire": True}
+                break
         time.sleep(0.02)
+    if not handoff.get("spec"):
+        dist.destroy_process_group()
+        return
 
     from engine import worker
 
