@@ -7,7 +7,9 @@
    launch handed to a standby (engine/standby.py). Target: warm within 0.5 s of the bare script. Also the
    standby's memory cost (RSS of its ranks, its torchrun and its supervisor).
 2. Step time with metrics on (collective counting + memory walks) vs off, per strategy, mlp small,
-   log_interval 1, interleaved repeats. Target: at most 3% overhead.
+   log_interval 1, each on/off pair launched at once. Target: at most 3% overhead. On a busy machine
+   run-against-run ratios swing by 10-20%; bench/step_overhead.py alternates steps of an instrumented and a
+   plain copy inside one process, which is the sharper measurement of the same cost.
 3. The default run, DDP vs ZeRO-3, memory-accurate on vs off: model-state bytes and RSS per rank, median step
    time, run time, final held-out accuracy; and memory-accurate's step-time cost.
 """

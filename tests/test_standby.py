@@ -60,6 +60,9 @@ def test_a_warm_run_reads_like_a_cold_one_and_its_standby_leaves_nothing_behind(
     assert warm.get("warm_start") is True and "warm_start" not in cold
     assert set(warm["worker_pids"]) <= set(pids), "the standby's own ranks trained the run"
     kinds = lambda run_id: sorted((r["kind"], r["rank"]) for r in runstore.read_metrics(runs_dir / run_id))
+    for record in runstore.read_metrics(runs_dir / warm_id):
+        if record["kind"] == "train":  # each model-state figure says when it was walked, never later than now
+            assert 1 <= record["mem/step/measured_step"] <= record["step"]
     assert kinds(warm_id) == kinds(cold_id)
     assert runstore.summary(runs_dir / warm_id)["eval_accuracy"] == runstore.summary(runs_dir / cold_id)["eval_accuracy"]
     for run_id in (warm_id, cold_id):
@@ -85,6 +88,8 @@ def test_cancel_reaches_a_warm_run_and_a_new_shape_retires_the_old_standby(runs_
     spec = JobSpec(model="mlp", size="tiny", nproc=1, steps=100_000, global_batch=16)
     run_id = launcher.launch(spec, runs_dir)
     wait_until(lambda: any(r["kind"] == "train" for r in runstore.read_metrics(runs_dir / run_id)), 60, "a step")
+    running = runstore.read_status(runs_dir / run_id)
+    assert all(psutil.Process(pid).nice() >= 10 for pid in running["worker_pids"]), "ranks train at low priority"
     status = launcher.cancel(run_id, runs_dir)
     assert status["state"] == "cancelled" and status["warm_start"] is True
     pids = [status["supervisor_pid"], status["torchrun_pid"], *status["worker_pids"]]
