@@ -33,10 +33,10 @@ RUNS_OPEN = "runs_open"  # the run opened on the Runs page
 RUNS_COMPARE = "runs_compare"  # runs selected for comparison
 
 # The first click trains something that teaches: a 12.7M-parameter MLP on digits, 2 CPU ranks, for about half a
-# minute with held-out accuracy every 25 steps. Its model state (16 bytes per parameter under Adam, ~194 MiB)
+# minute with held-out accuracy every 20 steps. Its model state (16 bytes per parameter under Adam, ~194 MiB)
 # is over a third of a DDP rank's RSS, and memory-accurate RSS makes the OS's numbers tell the same story as the
 # model state (ZeRO-3's RSS below DDP's). Measured numbers: bench/bench_engine.py and the issue 8 report.
-FIRST_RUN = JobSpec(model="mlp", size="medium", nproc=2, device="cpu", steps=150, eval_interval=25,
+FIRST_RUN = JobSpec(model="mlp", size="medium", nproc=2, device="cpu", steps=120, eval_interval=20,
                     memory_accurate=True)
 
 

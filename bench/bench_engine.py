@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from engine import launcher, runstore, standby  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
 
-FIRST_RUN = JobSpec(model="mlp", size="medium", nproc=2, device="cpu", steps=150, eval_interval=25,
+FIRST_RUN = JobSpec(model="mlp", size="medium", nproc=2, device="cpu", steps=120, eval_interval=20,
                     memory_accurate=True)  # app/state.py's FIRST_RUN (app/ imports streamlit, so restated here)
 
 BARE_SCRIPT = """

@@ -180,7 +180,7 @@ def test_launch_with_defaults_draws_the_run_live(tmp_path):
                 )
                 assert memory_ranks(page) == {"rank 0", "rank 1"}
                 ARTIFACTS.mkdir(exist_ok=True)
-                page.wait_for_function(f"() => /step ([4-9][0-9]|1[0-4][0-9]) of {spec.steps}/.test(document.body.innerText)",
+                page.wait_for_function(f"() => /step ([4-9][0-9]|1[01][0-9]) of {spec.steps}/.test(document.body.innerText)",
                                        timeout=240_000)  # mid-training: a third of the way or more
                 page.mouse.move(1, 1)
                 page.screenshot(path=str(ARTIFACTS / "run_view_training.png"), timeout=60_000)
