@@ -5,6 +5,7 @@ spec.instrument is on: the counting DDP comm hook and CommCounter on the collect
 snapshots (ModelStateMeter) and three RSS reads.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 bench/step_overhead.py [--size small] [--steps 200]
+    ... --control   (A/A: both copies plain; the ratio it prints is the noise floor to read the others against)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="small")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--control", action="store_true",
+                        help="A/A: the 'on' copy is plain too, so its ratio is this machine's noise floor")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -44,7 +47,8 @@ def main() -> None:
         print(f"{'strategy':<8} {'off (ms)':>9} {'on (ms)':>9} {'on/off':>7}")
     for strategy in ("ddp", "zero1", "zero2", "zero3"):
         copies = {}
-        for instrument in (False, True):
+        for copy in (False, True):
+            instrument = copy and not args.control
             torch.manual_seed(0)
             if instrument:
                 comm.install()  # FSDP2 looks the collectives up at call time; the hook is bound at wrap time
@@ -52,11 +56,12 @@ def main() -> None:
                                    "fp32", count_comm=instrument)
             optimizer = build_optimizer(model, strategy, "adam", 1e-3)
             comm.uninstall()
-            copies[instrument] = (model, optimizer, ModelStateMeter(model, optimizer))
+            copies[copy] = (model, optimizer, ModelStateMeter(model, optimizer))
         times = {False: [], True: []}
         for step in range(1, args.steps + 1):
-            for instrument in ((False, True) if step % 2 else (True, False)):
-                model, optimizer, meter = copies[instrument]
+            for copy in ((False, True) if step % 2 else (True, False)):
+                model, optimizer, meter = copies[copy]
+                instrument = copy and not args.control
                 if instrument:
                     comm.install()
                     comm.reset_step()
@@ -77,7 +82,7 @@ def main() -> None:
                 elapsed = torch.tensor([time.perf_counter() - t0])
                 comm.uninstall()
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # a step ends when its slowest rank does
-                times[instrument].append(elapsed.item())
+                times[copy].append(elapsed.item())
         if rank == 0:
             off, on = (statistics.median(times[k][10:]) for k in (False, True))
             print(f"{strategy:<8} {off * 1e3:9.2f} {on * 1e3:9.2f} {on / off:7.3f}", flush=True)
