@@ -15,8 +15,9 @@ import streamlit as st
 from app import state
 from app.cluster_commands import render_cluster_commands
 from app.run_data import runs_dir
+from engine import launcher, runstore, standby
 from engine.gpus import GpuInventory, find_gpus
-from engine import launcher, runstore
+from engine.units import format_bytes
 from engine.registry import DATASETS, MODELS
 from engine.spec import OPTIMIZERS, PRECISIONS, STRATEGIES, JobSpec, SpecError
 
@@ -95,6 +96,26 @@ def launch_from_form() -> None:
         return
     st.session_state[state.LAST_LAUNCH] = {"values": values, "token": token, "run_id": run_id}
     _show(run_id)
+
+
+def keep_standby_warm() -> None:
+    """Keeps one warm torchrun job of the form's shape (engine/standby.py), so Launch skips the cold start.
+    Not while this session's run trains: its warm-up would take the cores from the run being watched."""
+    if not standby.enabled():
+        return
+    current = st.session_state[state.CURRENT_RUN]
+    try:
+        if current and runstore.read_status(runs_dir() / current).get("state") in runstore.ACTIVE_STATES:
+            return
+        folder = standby.ensure(JobSpec(**state.form_values()), runs_dir())
+        warm = next((s for s in standby.status(runs_dir()) if s["folder"] == str(folder)), None)
+        if warm and warm["ready_ranks"]:
+            st.caption(f"A warm torchrun job of this shape is ready ({warm['ready_ranks']} ranks holding "
+                       f"{format_bytes(warm['rss_bytes'])} RSS): Launch hands it the run instead of a cold start.")
+    except SpecError:
+        return  # the form shows the error on Launch; no standby for a shape that cannot run
+    except OSError:  # a runs folder we cannot write: Launch reports it; the page must still render
+        return
 
 
 def _field_error(field: str) -> None:
@@ -181,6 +202,7 @@ def render_train_form() -> None:
             _field_error("memory_accurate")
 
     _field_error("")
+    keep_standby_warm()
     st.button("Launch", type="primary", icon=":material/rocket_launch:", key=state.LAUNCH_BUTTON,
               on_click=launch_from_form)
     render_cluster_commands(state.form_values())

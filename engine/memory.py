@@ -56,6 +56,29 @@ def model_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     return {"params": params, "master": master, "grads": grads, "optimizer": state}
 
 
+class ModelStateMeter:
+    """model_state_bytes per phase, walked only while it can change. The tensors a phase leaves behind are the
+    same every step once gradients and optimizer state exist (storage is kept, never freed), so a phase is
+    walked every step until its figures have repeated STABLE_WALKS times, then every RECHECK_STEPS steps; a
+    recheck that differs re-arms walking every step. Each figure comes with the step it was walked at."""
+
+    STABLE_WALKS = 3
+    RECHECK_STEPS = 10
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.phases: dict[str, tuple[dict[str, int], int, int]] = {}  # phase -> (bytes, walked at step, repeats)
+
+    def measure(self, phase: str, step: int) -> tuple[dict[str, int], int]:
+        last = self.phases.get(phase)
+        if last and last[2] >= self.STABLE_WALKS and step - last[1] < self.RECHECK_STEPS:
+            return last[0], last[1]
+        state = model_state_bytes(self.model, self.optimizer)
+        repeats = last[2] + 1 if last and last[0] == state else 0
+        self.phases[phase] = (state, step, repeats)
+        return state, step
+
+
 class ProcessMemory:
     """RSS now, and the peak since the last reset (Linux: VmHWM, reset through /proc/self/clear_refs)."""
 
@@ -63,9 +86,16 @@ class ProcessMemory:
         self.process = psutil.Process()
         self.linux = sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
         self._sampled_peak = 0
+        # Linux: the resident page count from an open /proc/self/statm, re-read in place (a few microseconds;
+        # psutil opens, reads and parses the file on every call, read several times per step).
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY) if self.linux else None
+        self._page_bytes = os.sysconf("SC_PAGE_SIZE") if self.linux else 0
 
     def rss_bytes(self) -> int:
-        rss = self.process.memory_info().rss
+        if self._statm is not None:
+            rss = int(os.pread(self._statm, 128, 0).split()[1]) * self._page_bytes
+        else:
+            rss = self.process.memory_info().rss
         self._sampled_peak = max(self._sampled_peak, rss)
         return rss
 

@@ -80,6 +80,11 @@ def mem_rss_key(phase: str) -> str:
     return f"mem/{phase}/rss_bytes"
 
 
+def mem_measured_step_key(phase: str) -> str:
+    """The step at which that phase's model state was last walked (the walk is skipped while it cannot change)."""
+    return f"mem/{phase}/measured_step"
+
+
 def comm_calls_key(op: str) -> str:
     return f"comm/{op}/calls"
 

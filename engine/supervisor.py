@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from engine import runqueue, runstore
+from engine.gpus import find_gpus
 
 CANCEL_GRACE_S = 2.5  # after SIGTERM, ranks finish their step; stragglers stuck in a collective are then killed
 QUEUE_POLL_S = 0.3
@@ -169,11 +170,14 @@ def wait_for_turn(path: Path, gpus_found: int, cancelled) -> dict | None:
     locked_at = 0.0
     while not cancelled():
         # Only the head of the queue needs the lock often; the others look now and then (to drop dead runs).
-        if runqueue.position(root, run_id) == 1 or time.time() - locked_at > QUEUE_PRUNE_EVERY_S:
+        if runqueue.position(root, run_id) in (1, None) or time.time() - locked_at > QUEUE_PRUNE_EVERY_S:
             locked_at = time.time()
             with runqueue.locked(root) as queue:
-                if not any(e["run_id"] == run_id for e in queue.entries):  # the queue file was lost
+                mine = next((e for e in queue.entries if e["run_id"] == run_id), None)
+                if mine is None:  # the queue file was lost
                     queue.add({"run_id": run_id, "device": "cpu", "nproc": 1})
+                elif mine["state"] == runstore.RUNNING:
+                    return mine  # the launcher started it already (a run it offered to a warm standby)
                 entry = queue.try_start(run_id, gpus_found)
                 if entry is None:
                     queue.prune(every_s=QUEUE_PRUNE_EVERY_S)  # a dead run ahead must not block the queue
@@ -184,7 +188,8 @@ def wait_for_turn(path: Path, gpus_found: int, cancelled) -> dict | None:
     return None
 
 
-def main(path: Path) -> int:
+def main(path: Path, torchrun_started: subprocess.Popen | None = None) -> int:
+    """`torchrun_started`: a warm standby's torchrun (engine/standby.py), already up; this run is handed to it."""
     path = Path(path).absolute()
     spec = runstore.read_spec(path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -217,7 +222,7 @@ def main(path: Path) -> int:
         if entry.get("gpus"):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, entry["gpus"]))
         runstore.transition(path, status, runstore.RUNNING, started_at=time.time())
-        exit_code, cancel_at = supervise_torchrun(path, spec, env, status, cancelled)
+        exit_code, cancel_at = supervise_torchrun(path, spec, env, status, cancelled, torchrun_started)
         finish(path, spec, status, exit_code, cancel_at)
     finally:
         with runqueue.locked(path.parent) as queue:
@@ -225,13 +230,18 @@ def main(path: Path) -> int:
     return 0
 
 
-def supervise_torchrun(path: Path, spec, env: dict, status: dict, cancelled) -> tuple[int, float | None]:
-    """Runs torchrun to its end; records identities; on cancel SIGTERMs it, then kills what outlives the grace."""
-    with open(path / runstore.LOG_FILE, "ab") as log:
-        torchrun = subprocess.Popen(
-            torchrun_command(path / runstore.SPEC_FILE, spec.nproc),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent,
-        )
+def supervise_torchrun(path: Path, spec, env: dict, status: dict, cancelled,
+                       torchrun: subprocess.Popen | None = None) -> tuple[int, float | None]:
+    """Runs torchrun (or watches a warm standby's, already up) to its end; records identities; on cancel
+    SIGTERMs it, then kills what outlives the grace."""
+    if torchrun is None:
+        command = torchrun_command(path / runstore.SPEC_FILE, spec.nproc)
+        runstore.append_log(path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}")
+        with open(path / runstore.LOG_FILE, "ab") as log:
+            torchrun = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=die_with_parent,
+            )
     status.update(torchrun=runstore.process_identity(torchrun.pid), torchrun_pid=torchrun.pid)
     runstore.write_json_atomic(path / runstore.STATUS_FILE, status)
     workers: dict[int, dict] = {}
@@ -283,20 +293,13 @@ def finish(path: Path, spec, status: dict, exit_code: int, cancel_at: float | No
         error = stalled_prefix(path, spec.stall_after_s) + root_cause(path, spec.world_size, exit_code, steps_done,
                                                                         spec.collective_timeout_s)
         runstore.transition(path, status, runstore.FAILED, error=error, **done)
+    elapsed_s = done["ended_at"] - status.get("started_at", done["ended_at"])
+    runstore.append_log(path, f"{status['state']} (torchrun exit code {exit_code}), {elapsed_s:.1f} s after it started")
 
 
 def count_gpus() -> int:
-    """GPUs visible through NVML, without importing torch; 0 when there is no driver."""
-    try:
-        import pynvml  # optional: only machines with NVIDIA drivers have it
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no NVIDIA driver library (ImportError, NVMLError_LibraryNotFound): CPU ranks only
-        return 0
+    """GPUs NVML finds (engine/gpus.py, no torch import); 0 where there is no driver."""
+    return find_gpus().count
 
 
 if __name__ == "__main__":

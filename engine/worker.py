@@ -34,7 +34,7 @@ from engine import runstore
 from engine.budget import MemoryNeed, cap_cuda_memory
 from engine.comm import CommCounter, NoCommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
-from engine.memory import DeviceMemory, ProcessMemory, SavedActivations, model_state_bytes
+from engine.memory import DeviceMemory, ModelStateMeter, ProcessMemory, SavedActivations
 from engine.models import build_model, count_parameters
 from engine.registry import model_context
 from engine.spec import STRATEGIES, JobSpec
@@ -42,6 +42,7 @@ from engine.strategies import after_optimizer_step, apply_strategy, build_optimi
 from engine.supervisor import die_with_parent  # if torchrun is SIGKILLed, its ranks die too
 
 MEASURED_STEPS = 2  # steps 1 and 2 measure the memory need (step 1 allocates, step 2 is the steady state)
+TRAINING_NICENESS = 10  # ranks saturate the cores: a lower priority keeps the app and the browser responsive
 EVAL_ITEMS = 512  # held-out samples per evaluation, split evenly over the ranks
 DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "fp64": torch.float64}  # bf16: fp32 weights, bf16 compute
 
@@ -52,6 +53,7 @@ def main(spec_path: Path) -> None:
     spec = JobSpec.load(spec_path)
     run_dir = spec_path.parent
     die_with_parent()
+    lower_priority()
     stop_requested = False
 
     def request_stop(signum, frame):  # SIGTERM from torchrun (a cancel): finish this step, then leave
@@ -73,9 +75,10 @@ def main(spec_path: Path) -> None:
     if not distributed:  # a single process still needs a group for DDP/FSDP: a world of one
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
     heartbeat = runstore.Heartbeat(run_dir, rank).start()
-    # A collective that waits longer than this (a peer stopped or hung) raises, so a hang ends as a failure.
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
-                            timeout=timedelta(seconds=spec.collective_timeout_s))
+    if not dist.is_initialized():  # a warm standby (engine/standby_worker.py) initialised it before the run existed
+        # A collective that waits longer than this (a peer stopped or hung) raises, so a hang ends as a failure.
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                                timeout=timedelta(seconds=spec.collective_timeout_s))
     metrics = runstore.MetricsWriter(run_dir, rank)
     try:
         train(spec, run_dir, rank, world_size, device, backend, metrics, lambda: stop_requested)
@@ -123,18 +126,24 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         else nullcontext()
     )
     process_memory, device_memory = ProcessMemory(), DeviceMemory(device)
+    state_meter = ModelStateMeter(model, optimizer)
     metrics.write(
         kind=runstore.START, rank=rank, world_size=world_size, pid=os.getpid(), hostname=socket.gethostname(),
         node_rank=int(os.environ.get("GROUP_RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         backend=backend, device=str(device), param_count=param_count,
         strategy_pytorch=STRATEGIES[spec.strategy]["pytorch"], t=time.time(),
     )
+    launched_at = (run_dir / "spec.json").stat().st_mtime  # when the launcher wrote the spec: the Launch click
+    log_line(rank, f"started on {socket.gethostname()}, pid {os.getpid()}, device {device} ({backend}), rank {rank} "
+                   f"of {world_size}; {param_count:,} parameters, {spec.strategy}; "
+                   f"{time.time() - launched_at:.2f} s after the spec was written")
 
     def snapshot(phase: str) -> dict:
         if not spec.instrument:
             return {}
-        state = model_state_bytes(model, optimizer)
+        state, walked_at_step = state_meter.measure(phase, step)  # walked only while it can change
         record = {runstore.mem_key(phase, category): size for category, size in state.items()}
+        record[runstore.mem_measured_step_key(phase)] = walked_at_step
         record[runstore.mem_rss_key(phase)] = process_memory.rss_bytes()
         return record
 
@@ -190,6 +199,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         if device.type == "cuda":
             torch.cuda.synchronize()  # a CPU-GPU sync point: the step is done only when the GPU is
         step_time_s = time.perf_counter() - t0
+        if step == 1 and rank == 0:
+            log_line(rank, f"first step done {time.time() - launched_at:.2f} s after the spec was written")
 
         if logging_step:
             record = dict(
@@ -217,6 +228,22 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
             torch.save(params, run_dir / "final_params.pt")
     metrics.write(kind=runstore.END, step=step, rank=rank, t=time.time(), cancelled=should_stop(),
                   completed=step == spec.steps)
+    if rank == 0:
+        log_line(rank, f"{'cancelled after' if should_stop() else 'finished'} {step} of {spec.steps} steps, "
+                       f"{time.time() - launched_at:.2f} s after the spec was written")
+
+
+def lower_priority(niceness: int = TRAINING_NICENESS) -> None:
+    """At least this niceness (never lowered back: a standby's rank is already niced when it takes a run)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), niceness))
+    except (OSError, AttributeError):  # not permitted, or no setpriority on this platform: run at normal priority
+        pass
+
+
+def log_line(rank: int, text: str) -> None:
+    """One line of the run's log.txt (torchrun's stdout), in a single write so ranks' lines do not interleave."""
+    os.write(1, f"[rank {rank}] {time.strftime('%H:%M:%S')} {text}\n".encode())
 
 
 def on_device(x: torch.Tensor, y: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:

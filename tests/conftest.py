@@ -17,6 +17,8 @@ from engine.spec import JobSpec
 
 # Every test that launches a run writes under a temporary folder, never into ./runs.
 os.environ.setdefault("SHARDLAB_RUNS_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "shardlab-test-runs"))
+# No warm standby (engine/standby.py) behind the pages under test: only a test that asks for one gets one.
+os.environ.setdefault("SHARDLAB_STANDBY", "0")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from app import state
 from tests.app_fixtures import CANCELLED_LOG_TAIL, charts_by_title, write_fixture_run
 from engine.spec import JobSpec, SpecError
+from engine.registry import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "app" / "views" / "train.py")
@@ -57,7 +58,7 @@ def test_form_starts_with_a_first_run_that_trains_in_seconds(runs):
     assert not at.exception and not errors(at)
     keys = state.FORM_FIELDS
     assert at.selectbox(key=keys["model"]).value == "mlp"
-    assert at.selectbox(key=keys["size"]).value == "tiny"
+    assert at.selectbox(key=keys["size"]).value == state.FIRST_RUN.size
     assert at.selectbox(key=keys["dataset"]).value == "digits"
     assert at.number_input(key=keys["nproc"]).value == 2
     assert at.radio(key=keys["strategy"]).options == ["DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
@@ -70,7 +71,8 @@ def test_choosing_a_text_model_offers_only_text_data(runs):
     at.selectbox(key=state.FORM_FIELDS["model"]).set_value("gpt").run()
     dataset = at.selectbox(key=state.FORM_FIELDS["dataset"])
     assert dataset.value == "text" and len(dataset.options) == 1
-    assert at.selectbox(key=state.FORM_FIELDS["size"]).value == "tiny"
+    kept = state.FIRST_RUN.size if state.FIRST_RUN.size in MODELS["gpt"].presets else "tiny"  # kept if gpt has it
+    assert at.selectbox(key=state.FORM_FIELDS["size"]).value == kept
 
 
 def test_invalid_batch_shows_the_error_at_the_field_and_launches_nothing(runs):
