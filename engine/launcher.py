@@ -121,7 +121,7 @@ def launch(spec: JobSpec, runs_dir: Path | None = None, client_token: str | None
                    "need_bytes": need["total_bytes"], "spec_hash": digest, "created_at": time.time()})
         # A run that may start now can go to a warm standby of its shape (engine/standby.py): the queue counts it
         # running from here, and whichever supervisor takes it (the standby's, or a cold one) finds it started.
-        starts_now = spec.device == "cpu" and standby.enabled() and queue.try_start(path.name) is not None
+        starts_now = spec.device == "cpu" and queue.try_start(path.name) is not None
     if starts_now and standby.hand_off(spec, path, root):
         return path.name
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}

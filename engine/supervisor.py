@@ -293,8 +293,9 @@ def finish(path: Path, spec, status: dict, exit_code: int, cancel_at: float | No
         error = stalled_prefix(path, spec.stall_after_s) + root_cause(path, spec.world_size, exit_code, steps_done,
                                                                         spec.collective_timeout_s)
         runstore.transition(path, status, runstore.FAILED, error=error, **done)
-    elapsed_s = done["ended_at"] - status.get("started_at", done["ended_at"])
-    runstore.append_log(path, f"{status['state']} (torchrun exit code {exit_code}), {elapsed_s:.1f} s after it started")
+    if status["state"] != runstore.CANCELLED:  # a cancel's own line above says what happened
+        elapsed_s = done["ended_at"] - status.get("started_at", done["ended_at"])
+        runstore.append_log(path, f"{status['state']} (torchrun exit code {exit_code}), {elapsed_s:.1f} s after it started")
 
 
 def count_gpus() -> int:

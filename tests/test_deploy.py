@@ -357,11 +357,16 @@ def test_cluster_panel_shows_the_clis_torchrun_line_and_slurm_script(app_runs, m
     at.number_input(key=state.FORM_FIELDS["global_batch"]).set_value(96).run()
     torchrun, script = (c.value for c in at.code)
     capsys.readouterr()
+    # The form's own first run (state.FIRST_RUN) beyond what the panel sets: the same spec through the CLI.
+    first = state.FIRST_RUN
+    form = ["--model", first.model, "--size", first.size, "--steps", str(first.steps),
+            "--eval-interval", str(first.eval_interval),
+            "--memory-accurate" if first.memory_accurate else "--no-memory-accurate"]
     assert main(["torchrun-command", "--nnodes", "3", "--nproc", "4", "--device", "cuda", "--global-batch", "96",
-                 "--rdzv-endpoint", "head:29400"]) == 0
+                 *form, "--rdzv-endpoint", "head:29400"]) == 0
     assert torchrun == capsys.readouterr().out.strip()
     assert main(["slurm-script", "--nnodes", "3", "--nproc", "4", "--device", "cuda", "--global-batch", "96",
-                 "--runs-dir", str(app_runs)]) == 0
+                 *form, "--runs-dir", str(app_runs)]) == 0
     assert script == capsys.readouterr().out.rstrip("\n")  # st.code drops the final newline
 
 
