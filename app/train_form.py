@@ -98,6 +98,11 @@ def launch_from_form() -> None:
     _show(run_id)
 
 
+def _session_id() -> str:
+    """This browser session's id: who asked for a standby (engine/standby.py keeps one for the whole machine)."""
+    return st.session_state.setdefault(state.SESSION_ID, uuid.uuid4().hex)
+
+
 def keep_standby_warm() -> None:
     """Keeps one warm torchrun job of the form's shape (engine/standby.py), so Launch skips the cold start.
     Not while this session's run trains: its warm-up would take the cores from the run being watched."""
@@ -107,7 +112,9 @@ def keep_standby_warm() -> None:
     try:
         if current and runstore.read_status(runs_dir() / current).get("state") in runstore.ACTIVE_STATES:
             return
-        folder = standby.ensure(JobSpec(**state.form_values()), runs_dir())
+        folder = standby.ensure(JobSpec(**state.form_values()), runs_dir(), requester=_session_id())
+        if folder is None:
+            return  # another session's standby holds the machine's one slot: Launch starts cold
         warm = next((s for s in standby.status(runs_dir()) if s["folder"] == str(folder)), None)
         if warm and warm["ready_ranks"]:
             st.caption(f"A warm torchrun job of this shape is ready ({warm['ready_ranks']} ranks holding "

@@ -130,20 +130,43 @@ class _Lock:
         os.close(self.fd)
 
 
-def ensure(spec: JobSpec, runs_dir: Path | None = None, owner_pid: int | None = None, idle_s: float = IDLE_S) -> Path:
+SHARED_HOLD_S = 30  # another session's standby, asked for this recently, is not replaced by a different shape
+
+
+def ensure(spec: JobSpec, runs_dir: Path | None = None, owner_pid: int | None = None, idle_s: float = IDLE_S,
+           requester: str = "") -> Path | None:
     """Keeps exactly one standby of this spec's shape for this runs folder: refreshes a matching one, retires any
-    other, starts one if none. Returns its folder. `owner_pid` (the app): the standby leaves when it exits."""
+    other, starts one if none. Returns its folder. `owner_pid` (the app): the standby leaves when it exits.
+
+    `requester` (a browser session): a classroom has many forms and room for one standby, so a standby another
+    requester asked for in the last SHARED_HOLD_S seconds stays, and this call returns None (Launch starts cold)
+    instead of thrashing the cores by replacing it on every redraw. The same requester changing its form's shape
+    replaces it at once."""
     root = standby_root(runs_dir)
     shape = shape_of(spec)
     with _Lock(root):
-        keep = None
+        keep, held_by_another = None, False
         for folder, info in _standbys(root):
             if keep is None and _usable(folder, info) and info.get("shape") == shape:
                 keep = folder
-                (folder / "keepalive").touch()
+                (folder / "keepalive").write_text(requester)
+            elif _usable(folder, info) and _held_by_another(folder, requester):
+                held_by_another = True
             else:
                 _retire(folder, info)
-        return keep or _start(root, shape, owner_pid or os.getpid(), idle_s)
+        if keep is not None or held_by_another:
+            return keep
+        folder = _start(root, shape, owner_pid or os.getpid(), idle_s)
+        (folder / "keepalive").write_text(requester)
+        return folder
+
+
+def _held_by_another(folder: Path, requester: str) -> bool:
+    try:
+        keepalive = folder / "keepalive"
+        return keepalive.read_text() != requester and time.time() - keepalive.stat().st_mtime < SHARED_HOLD_S
+    except OSError:
+        return False
 
 
 def _start(root: Path, shape: dict, owner_pid: int, idle_s: float) -> Path:
