@@ -47,6 +47,17 @@ def launch_compare_from_form() -> None:
     st.session_state[state.COMPARE_GROUP] = group_id
 
 
+def launch_lesson_compare() -> None:
+    """The Compare page's 'Compare all four': the lesson's own small spec (engine.compare.LESSON_SPEC)."""
+    st.session_state[state.COMPARE_ERROR] = ""
+    try:
+        group_id, _ = compare.launch_all(compare.LESSON_SPEC, runs_dir())
+    except SpecError as error:  # the launch queue refused it (not enough memory now, say)
+        st.session_state[state.COMPARE_ERROR] = str(error)
+        return
+    st.session_state[state.COMPARE_GROUP] = group_id
+
+
 def launch_wall() -> None:
     group_id, _ = compare.launch_memory_wall(runs_dir())
     st.session_state[state.COMPARE_GROUP] = group_id

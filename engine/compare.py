@@ -17,6 +17,10 @@ ORDER = ("ddp", "zero1", "zero2", "zero3")
 PAPER_WEIGHT = {"all_reduce": 2}  # a ring all-reduce is a reduce-scatter plus an all-gather: 2x its payload
 
 
+# The Compare page's lesson: small enough that all four, one after another through the launch queue, finish in
+# about a minute on two CPU cores (the Train page's own "Compare all four" uses whatever its form holds).
+LESSON_SPEC = JobSpec(model="mlp", size="tiny", dataset="digits", nproc=2, steps=50)
+
 # The memory wall demo: one model, one budget, 2 ranks. Measured on this engine (fp32 Adam, batch 64): DDP needs
 # 8.6-8.8 MiB per rank, ZeRO-1 and ZeRO-2 about 6.5-6.7, ZeRO-3 5.5 (state 4.3 + one gathered layer 1.0 + activations).
 WALL_SPEC = JobSpec(model="mlp", size="small", dataset="digits", nproc=2, steps=20, memory_budget_mb=6)

@@ -102,6 +102,8 @@ def lessons(tmp_path_factory):
         mp.setenv("SHARDLAB_RUNS_DIR", str(root))
         st.cache_resource.clear()
         at = AppTest.from_file(ENTRY, default_timeout=120).run()
+        at.selectbox(key=state.FORM_FIELDS["size"]).set_value("tiny")  # the lesson's model, not the form's default
+        at.checkbox(key=state.FORM_FIELDS["memory_accurate"]).uncheck()
         at.number_input(key=state.FORM_FIELDS["steps"]).set_value(STEPS)
         at.button(key="train_compare_all").click().run()
         assert not at.exception, at.exception
@@ -171,7 +173,9 @@ def test_collective_log_orders_each_strategys_collectives_by_phase(lessons):
     assert ddp and {(op["op"], op["phase"]) for op in ddp} == {("all_reduce", "backward")}
     assert all(op["module"].startswith("bucket ") for op in ddp)
     zero1 = logs["zero1"]
-    assert [op["op"] for op in zero1 if op["phase"] == "optimizer"] == ["broadcast"] * 6  # one per parameter
+    spec = runstore.read_spec(_run(lessons, "zero1"))
+    tensors = len(engine_param_shapes(spec.model, spec.size, spec.dataset))  # mlp tiny 6, the form's medium 10
+    assert [op["op"] for op in zero1 if op["phase"] == "optimizer"] == ["broadcast"] * tensors  # one per parameter
     zero2 = logs["zero2"]
     assert {op["op"] for op in zero2 if op["phase"] == "backward"} == {"reduce_scatter"}
     assert {op["op"] for op in zero2 if op["phase"] == "optimizer"} == {"all_gather"}
@@ -232,3 +236,15 @@ def test_memory_budget_flag_comes_from_the_spec_and_is_validated(tmp_path, capsy
     assert main(["train", "--memory-budget-mb", "-1", "--runs-dir", str(tmp_path)]) == 2
     assert "memory budget" in capsys.readouterr().err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_the_compare_pages_button_launches_the_lesson_spec_not_the_forms(tmp_path, monkeypatch):
+    """The Train form's first run is a larger model (it should train for half a minute); the Compare page's
+    lesson runs all four in about a minute, so it launches its own small spec."""
+    launched = []
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(compare, "launch_all", lambda spec, root: launched.append(spec) or ("g", {}))
+    page = AppTest.from_file(str(ROOT / "app" / "views" / "compare.py"), default_timeout=60).run()
+    page.button(key="compare_launch").click().run()
+    assert launched == [compare.LESSON_SPEC] and state.FIRST_RUN != compare.LESSON_SPEC
+    assert not page.exception

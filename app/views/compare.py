@@ -3,10 +3,10 @@
 import streamlit as st
 
 from app import state
-from app.compare_view import launch_compare_from_form, launch_wall, show_group
+from app.compare_view import launch_lesson_compare, launch_wall, show_group
 from app.run_data import runs_dir
 from engine import runstore
-from engine.compare import WALL_SPEC
+from engine.compare import LESSON_SPEC, WALL_SPEC
 
 state.seed()
 state.seed_lessons()
@@ -27,8 +27,9 @@ group_id = left.selectbox(
     format_func=lambda g: f"{g} · {'memory wall' if kinds[g] == 'memory_wall' else 'all four'}",
 )
 middle.button("Compare all four", icon=":material/compare_arrows:", key="compare_launch",
-              on_click=launch_compare_from_form, type="primary",
-              help="DDP, ZeRO-1, ZeRO-2 and ZeRO-3 with the Train form's settings (default: a tiny MLP, 2 ranks).")
+              on_click=launch_lesson_compare, type="primary",
+              help=f"DDP, ZeRO-1, ZeRO-2 and ZeRO-3 on {LESSON_SPEC.model} {LESSON_SPEC.size}, {LESSON_SPEC.nproc} ranks, "
+                   f"{LESSON_SPEC.steps} steps, one seed (the Train page's button uses its form's settings).")
 right.button("Memory wall demo", icon=":material/block:", key="compare_wall", on_click=launch_wall,
              help=f"{WALL_SPEC.model} {WALL_SPEC.size}, {WALL_SPEC.nproc} ranks, budget {WALL_SPEC.memory_budget_mb} MiB "
                   "per rank: DDP and ZeRO-3.")
