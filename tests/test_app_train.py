@@ -131,6 +131,31 @@ def test_an_out_of_range_number_is_refused_under_its_field_as_typed(runs, field,
     assert at.session_state[state.CURRENT_RUN] is None and no_run_folder(runs)
 
 
+def test_every_out_of_range_number_is_refused_at_once_each_under_its_field(runs):
+    """JobSpec stops at its first error; a class that typed four bad numbers used to see one error per click."""
+    at = train_page()
+    typed = {"steps": 0, "lr": 50.0, "nproc": 9, "global_batch": -5}
+    for field, value in typed.items():
+        at.number_input(key=state.FORM_FIELDS[field]).set_value(value)
+    at.button(key=state.LAUNCH_BUTTON).click().run()
+    assert not at.exception
+    assert set(at.session_state[state.FORM_ERRORS]) == set(typed)
+    assert error_under(at, state.FORM_FIELDS["steps"]) == "steps must be a whole number of at least 1 (got 0)"
+    assert error_under(at, state.FORM_FIELDS["lr"]) == "learning rate must be between 0 and 10 (got 50.0)"
+    assert error_under(at, state.FORM_FIELDS["nproc"]).startswith("9 ranks is more than the 8 CPU ranks")
+    assert error_under(at, state.FORM_FIELDS["global_batch"]) == "global_batch must be a whole number of at least 1 (got -5)"
+    assert all(at.number_input(key=state.FORM_FIELDS[f]).value == v for f, v in typed.items())
+    assert at.session_state[state.CURRENT_RUN] is None and no_run_folder(runs)
+
+
+def test_a_batch_that_does_not_split_over_valid_ranks_is_one_error(runs):
+    at = train_page()
+    at.number_input(key=state.FORM_FIELDS["nproc"]).set_value(3)
+    at.button(key=state.LAUNCH_BUTTON).click().run()
+    assert at.session_state[state.FORM_ERRORS] == {"global_batch": "global batch 64 is not divisible by 3 ranks (try 63)"}
+    assert no_run_folder(runs)
+
+
 @pytest.mark.torchrun
 def test_a_double_click_on_launch_starts_one_run(runs):
     from engine import launcher
