@@ -76,3 +76,30 @@ def test_app_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_gpts_sharding_map_wraps_within_the_window(tmp_path, monkeypatch):
+    """gpt tiny has 29 tensors: at 120 px each the map ran 3,626 px wide and the page scrolled sideways."""
+    import json
+
+    from app.lesson_charts import MAP_TENSORS_PER_BAND
+
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    at.selectbox(key="learn_map_model").set_value("gpt").run()
+    assert not at.exception
+    (grid,) = charts_by_title(at)["Who holds what after forward"]
+    (element,) = [e for e in at.get("vega_lite_chart") if "Who holds what" in e.proto.spec]
+    bands = json.loads(element.proto.spec)["vconcat"]
+    shown = [t for band in bands for t in band["transform"][0]["filter"]["oneOf"]]
+    assert all(len(band["transform"][0]["filter"]["oneOf"]) <= MAP_TENSORS_PER_BAND for band in bands)
+    assert shown == list(dict.fromkeys(grid["tensor"])) and len(shown) == 29  # every tensor, once, in order
+
+
+def test_a_long_collectives_lane_narrows_to_fit():
+    from app.lesson_charts import TIMELINE_WIDTH_PX, collectives_frame, timeline_step_px
+
+    few = collectives_frame({"ddp": [{"op": "all_reduce", "bytes": 8, "phase": "backward"}] * 3})
+    many = collectives_frame({"zero1": [{"op": "broadcast", "bytes": 8, "phase": "optimizer"}] * 149})
+    assert timeline_step_px(few) == 44
+    assert 3 <= timeline_step_px(many) and 149 * timeline_step_px(many) <= TIMELINE_WIDTH_PX
