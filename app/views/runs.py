@@ -33,7 +33,8 @@ st.dataframe(
 )
 st.caption(f"{len(runs)} runs in {root.resolve()}, newest first. Memory per rank: one value, or the range over ranks.")
 ids = [r["run_id"] for r in readable]
-short = {r["run_id"]: f"{r['run_id']} · {STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')}" for r in readable}
+# The strategy leads: a compare panel's header is cut to its width, and runs launched together share a timestamp.
+short = {r["run_id"]: f"{STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')} · {r['run_id']}" for r in readable}
 labels = {r["run_id"]: f"{short[r['run_id']]} · {r['spec'].get('nproc')} ranks · {r['state']}" for r in readable}
 
 open_tab, compare_tab = st.tabs(["Open a run", "Compare runs"])
