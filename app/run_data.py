@@ -320,6 +320,11 @@ def runs_table(summaries: list[dict]) -> pd.DataFrame:
     return table if table["note"].astype(bool).any() else table.drop(columns="note")
 
 
+def escape_markdown(text: str) -> str:
+    """Text from a run folder (an error, a note) shown literally inside Streamlit markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
+
+
 def metrics_csv(run_dir: Path) -> bytes:
     """Every train record of the run (all ranks, all logged steps, not downsampled) as CSV."""
     return runstore.metrics_frame(Path(run_dir)).to_csv(index=False).encode()

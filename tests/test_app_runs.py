@@ -138,6 +138,9 @@ def test_an_unreadable_run_is_a_row_with_its_reason(runs, monkeypatch):
     table = at.dataframe[0].value.set_index("run")
     assert table.loc["b-broken", "status"] == "unreadable"
     assert table.loc["b-broken", "note"] == "spec.json: not a JSON object"
+    # The note column would run past a 1,280 px window: it is hidden, and the note is listed under the table.
+    assert json.loads(at.dataframe[0].proto.columns)["note"]["hidden"] is True
+    assert [w.value for w in at.warning] == ["- **b-broken** (unreadable): spec\\.json: not a JSON object"]
     assert at.multiselect(key=state.RUNS_COMPARE).options == ["DDP · a-ddp · 2 ranks · succeeded"]
 
 
