@@ -275,3 +275,17 @@ def test_a_cancelled_run_reads_as_a_cancel(runs):
 def test_a_running_run_still_promises_its_evaluation(runs):
     write_fixture_run(runs, "live", steps=100, steps_done=12, state="running")
     assert [m.value for m in train_page(run="live").metric][1] == "after eval"
+
+
+@pytest.mark.parametrize("field, typed, says", [("nnodes", 2000, "Choose 1 to 1024 (got 2,000)."),
+                                                ("nproc", 0, "Choose 1 to 64 (got 0).")])
+def test_cluster_panel_refuses_an_out_of_range_shape_as_typed(runs, field, typed, says):
+    """With min/max the browser kept the last valid node count and the page printed the script for that."""
+    at = train_page()
+    assert len(at.code) == 2  # the torchrun line and the Slurm script for the default 2 x 8
+    key = state.CLUSTER_FIELDS[field]
+    at.number_input(key=key).set_value(typed).run()
+    assert not at.exception
+    assert at.number_input(key=key).value == typed
+    assert says in errors(at)
+    assert not at.code  # no script for a shape other than the one shown
