@@ -103,3 +103,20 @@ def test_a_long_collectives_lane_narrows_to_fit():
     many = collectives_frame({"zero1": [{"op": "broadcast", "bytes": 8, "phase": "optimizer"}] * 149})
     assert timeline_step_px(few) == 44
     assert 3 <= timeline_step_px(many) and 149 * timeline_step_px(many) <= TIMELINE_WIDTH_PX
+
+
+@pytest.mark.parametrize("key, typed, says", [
+    ("learn_psi", 1e12, "Choose 0.001 to 1,000,000 billion (got 1e+12)."),
+    ("learn_psi", 1e300, "Choose 0.001 to 1,000,000 billion (got 1e+300)."),
+    ("learn_psi", 0.0, "Choose 0.001 to 1,000,000 billion (got 0)."),
+    ("learn_n", 10**8, "Choose 1 to 1,000,000 (got 100,000,000)."),
+    ("learn_map_ranks", 9, "Choose 1 to 8 (got 9)."),
+])
+def test_an_out_of_range_number_is_refused_not_crashed_or_kept(tmp_path, monkeypatch, key, typed, says):
+    """Ψ = 1e12 billion and N = 1e8 raised into the page; with min/max a typed 9 ranks silently stayed 2."""
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    at.number_input(key=key).set_value(typed).run()
+    assert not at.exception
+    assert at.number_input(key=key).value == typed
+    assert [e.value for e in at.error] == [says]

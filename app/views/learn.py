@@ -12,7 +12,7 @@ from app.compare_view import map_controls
 from app.run_data import runs_dir
 from engine import runstore
 from engine.compare import ENGINE_PAYLOAD_PSI, ORDER, engine_traffic_psi
-from engine.estimate import bytes_per_param, comm_volume, estimate_model_states
+from engine.estimate import MAX_PARAMS, MAX_RANKS, bytes_per_param, comm_volume, estimate_model_states
 from engine.registry import MODELS
 from engine.sharding import map_for_phase
 from engine.spec import STRATEGIES
@@ -32,7 +32,11 @@ st.markdown(
 st.subheader("Who holds what, when", anchor="who-holds-what")
 c1, c2, c3 = st.columns([1.2, 1, 3])
 model = c1.selectbox("Model", ["mlp", "cnn", "gpt"], key="learn_map_model")
-ranks = c2.number_input("Ranks", 1, 8, key=state.LEARN_MAP_RANKS)
+# No min/max on number inputs: the browser would keep the last valid value of an out-of-range one unseen.
+ranks = c2.number_input("Ranks", step=1, key=state.LEARN_MAP_RANKS)
+if not 1 <= ranks <= 8:
+    c2.error(f"Choose 1 to 8 (got {ranks:,}).", icon=":material/error:")
+    st.stop()
 
 
 def spec_of(strategy: str) -> dict:
@@ -51,8 +55,14 @@ st.caption(f"{model} tiny ({', '.join(f'{k} {v}' for k, v in MODELS[model].prese
 # ------------------------------------------------------------------ memory and traffic per rank
 st.subheader("Memory and traffic per rank", anchor="memory-and-traffic")
 left, right = st.columns(2)
-psi_b = left.number_input("Ψ, parameters (billions)", min_value=0.001, value=7.5, step=0.5, key="learn_psi")
-n = right.number_input("N, ranks", min_value=1, value=64, step=1, key="learn_n")
+psi_b = left.number_input("Ψ, parameters (billions)", value=7.5, step=0.5, key="learn_psi")
+n = right.number_input("N, ranks", value=64, step=1, key="learn_n")
+if not 0.001 <= psi_b <= MAX_PARAMS / 1e9:
+    left.error(f"Choose 0.001 to {MAX_PARAMS / 1e9:,.0f} billion (got {psi_b:,g}).", icon=":material/error:")
+    st.stop()
+if not 1 <= n <= MAX_RANKS:
+    right.error(f"Choose 1 to {MAX_RANKS:,} (got {n:,}).", icon=":material/error:")
+    st.stop()
 psi = int(round(psi_b * 1e9))
 groups = runstore.list_groups(runs_dir(), kind="compare")
 measured = {}
