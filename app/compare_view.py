@@ -36,20 +36,47 @@ def _tail(run_dir: str) -> MetricsTail:
     return MetricsTail(Path(run_dir))
 
 
+def _active_repeat(kind: str, spec: JobSpec) -> str | None:
+    """The group this session last launched, if it is the same kind and spec and one of its runs is still queued
+    or running: a double click reaches the server as two clicks, and the second must not start a second group."""
+    last = st.session_state.get(state.COMPARE_LAST_LAUNCH)
+    if not last or last["kind"] != kind or last["spec"] != spec.to_json():
+        return None
+    for run_id in last["runs"].values():
+        path = runs_dir() / run_id
+        if path.is_dir() and runstore.read_status(path).get("state") in runstore.ACTIVE_STATES:
+            return last["group_id"]
+    return None
+
+
+def _launch_group(kind: str, spec: JobSpec, launch) -> None:
+    st.session_state[state.COMPARE_ERROR] = ""
+    again = _active_repeat(kind, spec)
+    if again:
+        st.session_state[state.COMPARE_GROUP] = again
+        return
+    try:
+        group_id, runs = launch()
+    except (SpecError, runstore.RunError, OSError, RuntimeError) as error:
+        st.session_state[state.COMPARE_ERROR] = str(error)
+        return
+    st.session_state[state.COMPARE_LAST_LAUNCH] = {"kind": kind, "spec": spec.to_json(), "group_id": group_id,
+                                                   "runs": runs}
+    st.session_state[state.COMPARE_GROUP] = group_id
+
+
 def launch_compare_from_form() -> None:
     """'Compare all four' callback: the Train form's spec, once per strategy, as one group."""
-    st.session_state[state.COMPARE_ERROR] = ""
     try:
-        group_id, _ = compare.launch_all(JobSpec(**state.form_values()), runs_dir())
+        spec = JobSpec(**state.form_values())
     except SpecError as error:
         st.session_state[state.COMPARE_ERROR] = str(error)
         return
-    st.session_state[state.COMPARE_GROUP] = group_id
+    _launch_group("compare", spec, lambda: compare.launch_all(spec, runs_dir()))
 
 
 def launch_wall() -> None:
-    group_id, _ = compare.launch_memory_wall(runs_dir())
-    st.session_state[state.COMPARE_GROUP] = group_id
+    _launch_group("memory_wall", compare.WALL_SPEC, lambda: compare.launch_memory_wall(runs_dir()))
 
 
 def compare_button() -> None:
