@@ -243,6 +243,29 @@ def split_shutdown_noise(log: str, state: str) -> tuple[str, str]:
     return log, ""
 
 
+def quiet_log(snap: RunSnapshot) -> str:
+    """What the Log shows when torchrun printed nothing (a clean run is quiet): when the run started and ended,
+    and when and where each rank started, all read from the run's status and its ranks' start records."""
+    if snap.active:
+        return "(nothing printed yet)"
+
+    def clock(t) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "?"
+
+    status = snap.status
+    lines = ["torchrun printed nothing: a clean run is quiet (each rank writes its numbers to metrics/rank<r>.jsonl)."]
+    started, ended = status.get("started_at"), status.get("ended_at")
+    if isinstance(started, (int, float)) and isinstance(ended, (int, float)):
+        lines.append(f"started {clock(started)}, {snap.state} {clock(ended)} ({ended - started:.1f} s), "
+                     f"exit code {status.get('exit_code')}")
+    for start in sorted(snap.starts, key=lambda r: r.get("rank", 0)):
+        after = f", {start['t'] - started:.1f} s after the run started" if isinstance(started, (int, float)) \
+            and isinstance(start.get("t"), (int, float)) else ""
+        lines.append(f"rank {start.get('rank')} started on {start.get('hostname', '?')} (pid {start.get('pid', '?')}, "
+                     f"{start.get('backend', '?')}) at {clock(start.get('t'))}{after}")
+    return "\n".join(lines)
+
+
 NOT_EVALUATED = "skipped"  # short: a metric tile at a quarter of the page shows about ten characters
 
 

@@ -289,3 +289,14 @@ def test_cluster_panel_refuses_an_out_of_range_shape_as_typed(runs, field, typed
     assert at.number_input(key=key).value == typed
     assert says in errors(at)
     assert not at.code  # no script for a shape other than the one shown
+
+
+def test_a_quiet_succeeded_runs_log_says_what_happened_not_empty(runs):
+    """torchrun prints nothing for a clean run: the Log read '(empty)'."""
+    write_fixture_run(runs, "quiet", steps=20, state="succeeded", log="")
+    at = train_page(run="quiet")
+    assert not at.exception
+    log = {e.label.split(" (")[0]: e for e in at.expander}["Log"].code[0].value
+    assert log.startswith("torchrun printed nothing: a clean run is quiet")
+    assert "succeeded" in log and "(9.0 s), exit code 0" in log
+    assert "rank 0 started on fixture (pid 1000" in log and "rank 1 started on fixture (pid 1001" in log
