@@ -11,7 +11,7 @@ import pandas as pd
 from engine.compare import ORDER, PAPER_WEIGHT, traffic_psi
 from engine.sharding import CATEGORY_LABELS, PHASE_LABELS
 from engine.spec import STRATEGIES
-from engine.units import display_unit
+from engine.units import display_unit, format_bytes
 
 LABELS = {s: STRATEGIES[s]["label"] for s in ORDER}
 STRATEGY_ORDER = [LABELS[s] for s in ORDER]
@@ -163,7 +163,6 @@ def sharding_frame(rows: list[dict], phase: str) -> pd.DataFrame:
     if data.empty:
         return pd.DataFrame(columns=["rank", "category", "tensor", "holding", "kind", "title", "label", "bytes", "text",
                                      "amount"])
-    divisor, unit = _unit(data["bytes"].max())
     data["rank"] = "rank " + data["rank"].astype(str)
     data["category"] = data["category"].map(CATEGORY_LABELS)
     data["kind"] = data["holding"].map(
@@ -175,7 +174,8 @@ def sharding_frame(rows: list[dict], phase: str) -> pd.DataFrame:
         lambda r: (f"all {r['dim0']} rows" if not r["holding"].startswith("shard") else
                    f"rows {r['rows_from']}..{r['rows_to'] - 1}" if r["rows_to"] > r["rows_from"] else "no rows"),
         axis=1)
-    data["amount"] = (data["bytes"] / divisor).round(2).astype(str) + f" {unit.split()[0]}"
+    # Each cell in its own unit: on one shared unit a 1 KiB bias read "0.0 MiB" beside a 0.5 MiB weight.
+    data["amount"] = data["bytes"].map(format_bytes)
     return data
 
 

@@ -120,3 +120,16 @@ def test_an_out_of_range_number_is_refused_not_crashed_or_kept(tmp_path, monkeyp
     assert not at.exception
     assert at.number_input(key=key).value == typed
     assert [e.value for e in at.error] == [says]
+
+
+def test_each_map_cell_states_its_bytes_in_its_own_unit():
+    """On one shared unit a 1 KiB bias beside a 0.5 MiB weight read '0.0 MiB'."""
+    from app.lesson_charts import sharding_frame
+    from engine.sharding import map_for_phase
+
+    spec = {"model": "mlp", "size": "small", "dataset": "digits", "nproc": 2, "strategy": "zero3",
+            "precision": "fp32", "optimizer": "adam"}
+    cells = sharding_frame(map_for_phase(spec, "forward"), "forward")
+    assert not cells["amount"].str.startswith("0.0 ").any()
+    bias = cells[(cells["tensor"] == "hidden.0.bias") & (cells["category"] == "parameters")]["amount"]
+    assert set(bias) == {"1.00 KiB"}  # 256 fp32 rows per rank
