@@ -253,7 +253,8 @@ def quiet_log(snap: RunSnapshot) -> str:
         return time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "?"
 
     status = snap.status
-    lines = ["torchrun printed nothing: a clean run is quiet (each rank writes its numbers to metrics/rank<r>.jsonl)."]
+    lines = ["torchrun printed nothing before the cancel (its shutdown messages are folded below)." if snap.log.strip()
+             else "torchrun printed nothing: a clean run is quiet (each rank writes its numbers to metrics/rank<r>.jsonl)."]
     started, ended = status.get("started_at"), status.get("ended_at")
     if isinstance(started, (int, float)) and isinstance(ended, (int, float)):
         lines.append(f"started {clock(started)}, {snap.state} {clock(ended)} ({ended - started:.1f} s), "

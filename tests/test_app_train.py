@@ -269,6 +269,12 @@ def test_a_cancelled_run_reads_as_a_cancel(runs):
     by_label = {e.label.split(" (")[0]: e for e in at.expander}
     log, shutdown = by_label["Log"], by_label["Shutdown messages after cancel"]
     assert log.code[0].value == "[rank0] step 12"
+    # Nothing but shutdown noise: the Log says so instead of showing an empty box.
+    write_fixture_run(runs, "stopped-early", steps=100, steps_done=0, state="cancelled",
+                      log=CANCELLED_LOG_TAIL.split("\n", 1)[1])
+    at = train_page(run="stopped-early")
+    by_label = {e.label.split(" (")[0]: e for e in at.expander}
+    assert by_label["Log"].code[0].value.startswith("torchrun printed nothing before the cancel")
     assert "SignalException" in shutdown.code[0].value and "Connection closed by peer" in shutdown.code[0].value
 
 
