@@ -133,3 +133,15 @@ def test_each_map_cell_states_its_bytes_in_its_own_unit():
     assert not cells["amount"].str.startswith("0.0 ").any()
     bias = cells[(cells["tensor"] == "hidden.0.bias") & (cells["category"] == "parameters")]["amount"]
     assert set(bias) == {"1.00 KiB"}  # 256 fp32 rows per rank
+
+
+def test_the_stage_table_fits_a_1280_px_window(tmp_path, monkeypatch):
+    """Its last column ('measured in your last compare') ran past the main column's 820 px."""
+    import json
+
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    table = at.dataframe[0]
+    config = {name: c for name, c in json.loads(table.proto.columns).items() if name != "_index"}  # hidden index
+    assert set(config) == set(table.value.columns)  # every column has a width
+    assert sum(c["width"] for c in config.values()) <= 820

@@ -19,6 +19,8 @@ from engine.spec import STRATEGIES
 
 state.seed_lessons()
 LABELS = {s: STRATEGIES[s]["label"] for s in ORDER}
+LEARN_TABLE_PX = {"stage": 58, "bytes per parameter": 134, "GB per rank (10^9 bytes)": 154, "traffic per step": 96,
+                  "what PyTorch sends here": 222, "measured (last compare)": 150}  # 814 of 820 px
 OPS = {"all_reduce": "all-reduce", "broadcast": "broadcast", "all_gather": "all-gather", "reduce_scatter": "reduce-scatter"}
 
 st.title("Learn: DDP and the three ZeRO stages")
@@ -86,7 +88,7 @@ for stage, strategy_name in enumerate(ORDER):
         "GB per rank (10^9 bytes)": round(states.total_bytes / 1e9, 2),
         "traffic per step": f"{paper['elements'] / psi:g}Ψ",
         "what PyTorch sends here": f"{ops} = {engine_traffic_psi(strategy_name):g}Ψ",
-        "measured in your last compare": f"{measured[strategy_name]:.2f}Ψ" if strategy_name in measured else "–",
+        "measured (last compare)": f"{measured[strategy_name]:.2f}Ψ" if strategy_name in measured else "–",
     })
 frame = pd.DataFrame(table)
 chart = (
@@ -100,7 +102,8 @@ chart = (
     .properties(height=220)
 )
 st.altair_chart(chart, width="stretch")
-st.dataframe(frame, hide_index=True)
+# Widths that fit the main column of a 1,280 px window (the last column ran off its right edge).
+st.dataframe(frame, hide_index=True, column_config={name: st.column_config.Column(width=px) for name, px in LEARN_TABLE_PX.items()})
 st.caption("Mixed-precision Adam, the ZeRO paper's setting (engine.estimate.estimate_model_states and comm_volume); "
            "Ψ = 7.5 billion on N = 64 ranks is the paper's Figure 1. Traffic uses the paper's convention: an "
            "all-reduce counts twice its payload (a reduce-scatter plus an all-gather). **ZeRO-1 in PyTorch** "
