@@ -99,12 +99,24 @@ class GroupData:
 
     def __init__(self, group: dict):
         self.group = group
-        self.runs: dict[str, str] = group["runs"]
+        self.runs: dict[str, str] = {}
+        self.unreadable: dict[str, str] = {}  # strategy -> why its run cannot be drawn (deleted, damaged)
         self.status, self.train, self.events, self.spec = {}, {}, {}, {}
-        for strategy, run_id in self.runs.items():
-            path = runs_dir() / run_id
-            self.status[strategy] = runstore.read_status(path)
-            self.spec[strategy] = json.loads((path / "spec.json").read_text())
+        for strategy, run_id in group["runs"].items():
+            # A group file outlives its runs: a folder deleted or damaged since is named, not raised.
+            try:
+                path = runstore.run_dir(run_id, runs_dir())
+                spec = json.loads(runstore.read_spec(path).to_json())
+            except runstore.RunError as error:
+                self.unreadable[strategy] = f"{run_id}: {error}"
+                continue
+            status = runstore.read_status(path)
+            if status.get("state") == runstore.UNREADABLE:
+                self.unreadable[strategy] = f"{run_id}: {status.get('error')}"
+                continue
+            self.runs[strategy] = run_id
+            self.status[strategy] = status
+            self.spec[strategy] = spec
             tail = _tail(str(path))
             self.train[strategy] = tail.update()
             self.events[strategy] = list(tail.events)
@@ -176,6 +188,10 @@ def _live(group: dict, was_active: bool) -> None:
     data = GroupData(group)
     if was_active and not data.active:
         st.rerun()  # stop the timer
+    for strategy, why in data.unreadable.items():
+        st.warning(f"{LABELS.get(strategy, strategy)} cannot be drawn: {why}", icon=":material/help:")
+    if not data.runs:
+        return
     _status_line(data)
     if group.get("kind") == "memory_wall":
         _memory_wall(data)  # the lesson here is who fits; one run's curves would teach nothing

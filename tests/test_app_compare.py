@@ -51,3 +51,30 @@ def test_a_new_group_starts_once_the_last_one_has_finished(launches, tmp_path):
         write_fixture_run(tmp_path, run_id, state="succeeded")
     at.button(key="compare_wall").click().run()
     assert [k for k, _ in launches] == ["memory_wall", "memory_wall"]
+
+
+DAMAGE = {
+    "deleted": (None, "no run 'gone-ddp'"),
+    "spec": (("spec.json", "[]"), "spec.json holds list, not a spec object"),
+    "status": (("status.json", "[1,2]"), "status.json holds list, not an object"),
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_a_group_whose_run_was_deleted_or_damaged_draws_the_rest(tmp_path, monkeypatch, how):
+    """A group file outlives its runs: a deleted or damaged member raised into the page."""
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    st.cache_resource.clear()
+    write_fixture_run(tmp_path, "ok-zero3", strategy="zero3")
+    damage, says = DAMAGE[how]
+    if damage:
+        name, text = damage
+        (write_fixture_run(tmp_path, "gone-ddp") / name).write_text(text)
+    group = runstore.write_group({"ddp": "gone-ddp", "zero3": "ok-zero3"}, tmp_path)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["group"] = group
+    at.run()
+    assert not at.exception
+    (warning,) = [w.value for w in at.warning if w.value.startswith("DDP cannot be drawn")]
+    assert says in warning
+    assert [m.value for m in at.markdown if m.value.startswith("**ZeRO-3**")]  # the readable member is drawn
