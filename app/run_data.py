@@ -254,7 +254,7 @@ def quiet_log(snap: RunSnapshot) -> str:
 
     status = snap.status
     lines = ["torchrun printed nothing before the cancel (its shutdown messages are folded below)." if snap.log.strip()
-             else "torchrun printed nothing: a clean run is quiet (each rank writes its numbers to metrics/rank<r>.jsonl)."]
+             else "torchrun printed nothing: a clean run is quiet.\nEach rank writes its numbers to metrics/rank<r>.jsonl."]
     started, ended = status.get("started_at"), status.get("ended_at")
     if isinstance(started, (int, float)) and isinstance(ended, (int, float)):
         lines.append(f"started {clock(started)}, {snap.state} {clock(ended)} ({ended - started:.1f} s), "
