@@ -40,6 +40,10 @@ RUN_COLORS = ["#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", 
 # Width a chart may take beside the sidebar in a 1,280 px window; faceted panels wrap into rows beyond it.
 PANEL_BUDGET_PX = 820  # measured: the main column is 820 px wide at 1,280 px with the sidebar open
 PANEL_GAP_PX = 40  # padding between panels; the shared y axis is drawn once per row
+# Measured in Chromium: a header may run PANEL_GAP_PX past its panel, Vega-Lite adds its 20 px facet spacing,
+# and the row's y axis with its title takes about 60 px. Six 2-rank runs came to 930 px without these.
+FACET_SPACING_PX = 20
+AXIS_PX = 60
 
 
 def byte_axis(max_bytes: float, what: str) -> tuple[int, str]:
@@ -55,7 +59,7 @@ def traffic_bytes(op: str, payload_bytes: float) -> float:
 
 def _wrap_columns(panel_px: int) -> int:
     """How many panels of this width fit side by side in the chart budget."""
-    return max(1, PANEL_BUDGET_PX // (panel_px + PANEL_GAP_PX))
+    return max(1, (PANEL_BUDGET_PX - AXIS_PX) // (panel_px + PANEL_GAP_PX + FACET_SPACING_PX))
 
 
 def _rank_step_px(n_ranks: int) -> int:

@@ -15,6 +15,9 @@ from engine.launcher import REPO_ROOT
 from engine.spec import DEVICES, JobSpec, SpecError
 
 
+CLUSTER_LIMITS = {"nnodes": (1, 1024), "nproc": (1, 64)}  # nodes; ranks (GPUs) per node
+
+
 def render_cluster_commands(values: dict) -> None:
     """values: the Train form's JobSpec fields; the cluster's nodes, ranks per node and device come from here."""
     keys = state.CLUSTER_FIELDS
@@ -22,11 +25,18 @@ def render_cluster_commands(values: dict) -> None:
         st.session_state.setdefault(key, state.CLUSTER_DEFAULTS[field])
     with st.expander("Run it on a cluster: torchrun and Slurm", icon=":material/lan:"):
         nodes, ranks, device, endpoint = st.columns([1, 1, 1, 2])
-        nodes.number_input("Nodes", min_value=1, max_value=1024, step=1, key=keys["nnodes"])
-        ranks.number_input("Ranks per node", min_value=1, max_value=64, step=1, key=keys["nproc"])
+        # No min/max on these: the browser would keep the last valid value of an out-of-range one and print
+        # the script for that node count, under a field that shows the number as typed.
+        nodes.number_input("Nodes", step=1, key=keys["nnodes"])
+        ranks.number_input("Ranks per node", step=1, key=keys["nproc"])
         device.segmented_control("Device", list(DEVICES), key=keys["device"], required=True)
         endpoint.text_input("Node 0's address:port (torchrun's rendezvous)", key=keys["rdzv_endpoint"])
         cluster = {field: st.session_state[key] for field, key in keys.items()}
+        for field, column in (("nnodes", nodes), ("nproc", ranks)):
+            low, high = CLUSTER_LIMITS[field]
+            if not low <= cluster[field] <= high:
+                column.error(f"Choose {low} to {high} (got {cluster[field]:,}).", icon=":material/error:")
+                return
         try:
             spec = JobSpec(**{**values, "nnodes": cluster["nnodes"], "nproc": cluster["nproc"],
                               "device": cluster["device"]})

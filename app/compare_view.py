@@ -36,31 +36,52 @@ def _tail(run_dir: str) -> MetricsTail:
     return MetricsTail(Path(run_dir))
 
 
+def _active_repeat(kind: str, spec: JobSpec) -> str | None:
+    """The group this session last launched, if it is the same kind and spec and one of its runs is still queued
+    or running: a double click reaches the server as two clicks, and the second must not start a second group."""
+    last = st.session_state.get(state.COMPARE_LAST_LAUNCH)
+    if not last or last["kind"] != kind or last["spec"] != spec.to_json():
+        return None
+    for run_id in last["runs"].values():
+        path = runs_dir() / run_id
+        if path.is_dir() and runstore.read_status(path).get("state") in runstore.ACTIVE_STATES:
+            return last["group_id"]
+    return None
+
+
+def _launch_group(kind: str, spec: JobSpec, launch) -> None:
+    st.session_state[state.COMPARE_ERROR] = ""
+    again = _active_repeat(kind, spec)
+    if again:
+        st.session_state[state.COMPARE_GROUP] = again
+        return
+    try:
+        group_id, runs = launch()
+    except (SpecError, runstore.RunError, OSError, RuntimeError) as error:
+        st.session_state[state.COMPARE_ERROR] = str(error)
+        return
+    st.session_state[state.COMPARE_LAST_LAUNCH] = {"kind": kind, "spec": spec.to_json(), "group_id": group_id,
+                                                   "runs": runs}
+    st.session_state[state.COMPARE_GROUP] = group_id
+
+
 def launch_compare_from_form() -> None:
     """'Compare all four' callback: the Train form's spec, once per strategy, as one group."""
-    st.session_state[state.COMPARE_ERROR] = ""
     try:
-        group_id, _ = compare.launch_all(JobSpec(**state.form_values()), runs_dir())
+        spec = JobSpec(**state.form_values())
     except SpecError as error:
         st.session_state[state.COMPARE_ERROR] = str(error)
         return
-    st.session_state[state.COMPARE_GROUP] = group_id
+    _launch_group("compare", spec, lambda: compare.launch_all(spec, runs_dir()))
 
 
 def launch_lesson_compare() -> None:
     """The Compare page's 'Compare all four': the lesson's own small spec (engine.compare.LESSON_SPEC)."""
-    st.session_state[state.COMPARE_ERROR] = ""
-    try:
-        group_id, _ = compare.launch_all(compare.LESSON_SPEC, runs_dir())
-    except SpecError as error:  # the launch queue refused it (not enough memory now, say)
-        st.session_state[state.COMPARE_ERROR] = str(error)
-        return
-    st.session_state[state.COMPARE_GROUP] = group_id
+    _launch_group("compare", compare.LESSON_SPEC, lambda: compare.launch_all(compare.LESSON_SPEC, runs_dir()))
 
 
 def launch_wall() -> None:
-    group_id, _ = compare.launch_memory_wall(runs_dir())
-    st.session_state[state.COMPARE_GROUP] = group_id
+    _launch_group("memory_wall", compare.WALL_SPEC, lambda: compare.launch_memory_wall(runs_dir()))
 
 
 def compare_button() -> None:
@@ -83,12 +104,24 @@ class GroupData:
 
     def __init__(self, group: dict):
         self.group = group
-        self.runs: dict[str, str] = group["runs"]
+        self.runs: dict[str, str] = {}
+        self.unreadable: dict[str, str] = {}  # strategy -> why its run cannot be drawn (deleted, damaged)
         self.status, self.train, self.events, self.spec = {}, {}, {}, {}
-        for strategy, run_id in self.runs.items():
-            path = runs_dir() / run_id
-            self.status[strategy] = runstore.read_status(path)
-            self.spec[strategy] = json.loads((path / "spec.json").read_text())
+        for strategy, run_id in group["runs"].items():
+            # A group file outlives its runs: a folder deleted or damaged since is named, not raised.
+            try:
+                path = runstore.run_dir(run_id, runs_dir())
+                spec = json.loads(runstore.read_spec(path).to_json())
+            except runstore.RunError as error:
+                self.unreadable[strategy] = f"{run_id}: {error}"
+                continue
+            status = runstore.read_status(path)
+            if status.get("state") == runstore.UNREADABLE:
+                self.unreadable[strategy] = f"{run_id}: {status.get('error')}"
+                continue
+            self.runs[strategy] = run_id
+            self.status[strategy] = status
+            self.spec[strategy] = spec
             tail = _tail(str(path))
             self.train[strategy] = tail.update()
             self.events[strategy] = list(tail.events)
@@ -160,6 +193,10 @@ def _live(group: dict, was_active: bool) -> None:
     data = GroupData(group)
     if was_active and not data.active:
         st.rerun()  # stop the timer
+    for strategy, why in data.unreadable.items():
+        st.warning(f"{LABELS.get(strategy, strategy)} cannot be drawn: {why}", icon=":material/help:")
+    if not data.runs:
+        return
     _status_line(data)
     if group.get("kind") == "memory_wall":
         _memory_wall(data)  # the lesson here is who fits; one run's curves would teach nothing

@@ -11,7 +11,7 @@ import pandas as pd
 from engine.compare import ORDER, PAPER_WEIGHT, traffic_psi
 from engine.sharding import CATEGORY_LABELS, PHASE_LABELS
 from engine.spec import STRATEGIES
-from engine.units import display_unit
+from engine.units import display_unit, format_bytes
 
 LABELS = {s: STRATEGIES[s]["label"] for s in ORDER}
 STRATEGY_ORDER = [LABELS[s] for s in ORDER]
@@ -163,7 +163,6 @@ def sharding_frame(rows: list[dict], phase: str) -> pd.DataFrame:
     if data.empty:
         return pd.DataFrame(columns=["rank", "category", "tensor", "holding", "kind", "title", "label", "bytes", "text",
                                      "amount"])
-    divisor, unit = _unit(data["bytes"].max())
     data["rank"] = "rank " + data["rank"].astype(str)
     data["category"] = data["category"].map(CATEGORY_LABELS)
     data["kind"] = data["holding"].map(
@@ -175,36 +174,51 @@ def sharding_frame(rows: list[dict], phase: str) -> pd.DataFrame:
         lambda r: (f"all {r['dim0']} rows" if not r["holding"].startswith("shard") else
                    f"rows {r['rows_from']}..{r['rows_to'] - 1}" if r["rows_to"] > r["rows_from"] else "no rows"),
         axis=1)
-    data["amount"] = (data["bytes"] / divisor).round(2).astype(str) + f" {unit.split()[0]}"
+    # Each cell in its own unit: on one shared unit a 1 KiB bias read "0.0 MiB" beside a 0.5 MiB weight.
+    data["amount"] = data["bytes"].map(format_bytes)
     return data
 
 
-def sharding_map_chart(rows: list[dict], phase: str) -> alt.FacetChart:
-    """Ranks x tensors, one panel per state category: which slice each rank holds, its rows and bytes."""
+MAP_TENSORS_PER_BAND = 5  # 120 px per tensor: five and the row labels fit a 1,280 px window's main column
+
+
+def sharding_map_chart(rows: list[dict], phase: str) -> alt.VConcatChart:
+    """Ranks x tensors, one panel per state category: which slice each rank holds, its rows and bytes.
+
+    Tensors come in bands of MAP_TENSORS_PER_BAND stacked top to bottom, so a GPT's 29 or 149 tensors wrap
+    down the page instead of running thousands of pixels off its right edge."""
     data = sharding_frame(rows, phase)
     tensors = list(dict.fromkeys(data["tensor"]))
     kinds = [k for k in HOLDING_COLORS if k in set(data["kind"])]
-    base = alt.Chart().encode(
-        x=alt.X("tensor:N", title=None, sort=tensors, axis=alt.Axis(labelAngle=0, orient="top", labelLimit=112, labelOverlap=False, labelFontSize=10)),
-        y=alt.Y("rank:N", title=None),
-    )
-    cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
-        color=alt.Color("kind:N", title=None, scale=alt.Scale(domain=kinds, range=[HOLDING_COLORS[k] for k in kinds]),
-                        legend=alt.Legend(orient="bottom", labelLimit=320)),
-        tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("tensor:N"), alt.Tooltip("label:N"),
-                 alt.Tooltip("bytes:Q", format=",.0f")],
-    )
-    title_text = base.mark_text(fontSize=10, dy=-12, fontWeight="bold").encode(text=alt.Text("title:N"))
-    rows_text = base.mark_text(fontSize=10, dy=0).encode(text=alt.Text("text:N"))
-    bytes_text = base.mark_text(fontSize=10, dy=12).encode(text=alt.Text("amount:N"))
     categories = [c for c in CATEGORY_LABELS.values() if c in set(data["category"])]
-    return (
-        alt.layer(cells, title_text, rows_text, bytes_text, data=data)
-        .properties(width=alt.Step(120), height=alt.Step(48))
-        .facet(row=alt.Row("category:N", title=None, sort=categories,
-                           header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelAngle=0, labelAlign="left")))
-        .properties(title=f"Who holds what {phase_label(phase)}")
-    )
+    color = alt.Color("kind:N", title=None, scale=alt.Scale(domain=kinds, range=[HOLDING_COLORS[k] for k in kinds]),
+                      legend=alt.Legend(orient="bottom", labelLimit=320))
+    bands = [tensors[i:i + MAP_TENSORS_PER_BAND] for i in range(0, len(tensors), MAP_TENSORS_PER_BAND)] or [[]]
+
+    def band(chunk: list[str]) -> alt.FacetChart:
+        base = alt.Chart().encode(
+            x=alt.X("tensor:N", title=None, sort=chunk, axis=alt.Axis(labelAngle=0, orient="top", labelLimit=112, labelOverlap=False, labelFontSize=10)),
+            y=alt.Y("rank:N", title=None),
+        )
+        cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
+            color=color,
+            tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("category:N"), alt.Tooltip("tensor:N"), alt.Tooltip("label:N"),
+                     alt.Tooltip("bytes:Q", format=",.0f")],
+        )
+        title_text = base.mark_text(fontSize=10, dy=-12, fontWeight="bold").encode(text=alt.Text("title:N"))
+        rows_text = base.mark_text(fontSize=10, dy=0).encode(text=alt.Text("text:N"))
+        bytes_text = base.mark_text(fontSize=10, dy=12).encode(text=alt.Text("amount:N"))
+        return (
+            alt.layer(cells, title_text, rows_text, bytes_text)
+            .properties(width=alt.Step(120), height=alt.Step(48))
+            .facet(row=alt.Row("category:N", title=None, sort=categories,
+                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelAngle=0, labelAlign="left")),
+                   data=data)  # one frame for every band: Altair stores it once
+            .transform_filter(alt.FieldOneOfPredicate(field="tensor", oneOf=chunk))
+        )
+
+    return alt.vconcat(*[band(chunk) for chunk in bands]).properties(
+        title=f"Who holds what {phase_label(phase)}")
 
 
 def totals_frame(rows: list[dict], measured: dict | None) -> pd.DataFrame:
@@ -235,15 +249,28 @@ def collectives_frame(logs: dict[str, list[dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["strategy", "order", "op", "bytes", "phase", "module", "short"])
 
 
+TIMELINE_WIDTH_PX = 700  # a lane's width that fits a 1,280 px window's main column beside its label
+
+
+def timeline_step_px(data: pd.DataFrame) -> int:
+    """Width per collective: 44 px, narrower when a lane has many (ZeRO-1 broadcasts every parameter of a GPT),
+    so the longest lane stays within TIMELINE_WIDTH_PX (module labels need 12 px; below that the tooltip has them)."""
+    longest = int(data.groupby("strategy").size().max()) if not data.empty else 1
+    return max(3, min(44, TIMELINE_WIDTH_PX // longest))
+
+
 def collectives_timeline_chart(logs: dict[str, list[dict]]) -> alt.FacetChart:
     """One lane per strategy: each collective of one step in the order issued, its height the payload,
     the background its phase (forward, backward, optimizer)."""
     data = collectives_frame(logs)
     divisor, unit = _unit(data["bytes"].max() if not data.empty else 0)
     data = data.assign(amount=data["bytes"] / divisor)
+    step_px = timeline_step_px(data)
+    if step_px < 12:
+        data = data.assign(short="")
     phases = [p for p in PHASE_COLORS if p in set(data["phase"])]
     ops = [o for o in OP_COLORS if o in set(data["op"])]
-    x = alt.X("order:O", title="collectives of one step, in the order issued", axis=alt.Axis(labelAngle=0))
+    x = alt.X("order:O", title="collectives of one step, in the order issued", axis=alt.Axis(labelAngle=0, labelOverlap=True))
     background = alt.Chart().mark_rect(opacity=0.9).encode(
         x=x,
         color=alt.Color("phase:N", title="phase", scale=alt.Scale(domain=phases, range=[PHASE_COLORS[p] for p in phases]),
@@ -261,7 +288,7 @@ def collectives_timeline_chart(logs: dict[str, list[dict]]) -> alt.FacetChart:
         x=x, y=alt.value(118), text=alt.Text("short:N"))
     return (
         alt.layer(background, bars, labels, data=data)
-        .properties(width=alt.Step(44), height=120)
+        .properties(width=alt.Step(step_px), height=120)
         .facet(row=alt.Row("strategy:N", title=None, sort=STRATEGY_ORDER,
                            header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelAngle=0, labelAlign="left")))
         .resolve_scale(x="independent", y="independent")

@@ -243,6 +243,30 @@ def split_shutdown_noise(log: str, state: str) -> tuple[str, str]:
     return log, ""
 
 
+def quiet_log(snap: RunSnapshot) -> str:
+    """What the Log shows when torchrun printed nothing (a clean run is quiet): when the run started and ended,
+    and when and where each rank started, all read from the run's status and its ranks' start records."""
+    if snap.active:
+        return "(nothing printed yet)"
+
+    def clock(t) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "?"
+
+    status = snap.status
+    lines = ["torchrun printed nothing before the cancel (its shutdown messages are folded below)." if snap.log.strip()
+             else "torchrun printed nothing: a clean run is quiet.\nEach rank writes its numbers to metrics/rank<r>.jsonl."]
+    started, ended = status.get("started_at"), status.get("ended_at")
+    if isinstance(started, (int, float)) and isinstance(ended, (int, float)):
+        lines.append(f"started {clock(started)}, {snap.state} {clock(ended)} ({ended - started:.1f} s), "
+                     f"exit code {status.get('exit_code')}")
+    for start in sorted(snap.starts, key=lambda r: r.get("rank", 0)):
+        after = f", {start['t'] - started:.1f} s after the run started" if isinstance(started, (int, float)) \
+            and isinstance(start.get("t"), (int, float)) else ""
+        lines.append(f"rank {start.get('rank')} started on {start.get('hostname', '?')} (pid {start.get('pid', '?')}, "
+                     f"{start.get('backend', '?')}) at {clock(start.get('t'))}{after}")
+    return "\n".join(lines)
+
+
 NOT_EVALUATED = "skipped"  # short: a metric tile at a quarter of the page shows about ten characters
 
 
@@ -318,6 +342,11 @@ def runs_table(summaries: list[dict]) -> pd.DataFrame:
     columns = list(TABLE_WIDTHS_PX)
     table = pd.DataFrame(rows, columns=columns)
     return table if table["note"].astype(bool).any() else table.drop(columns="note")
+
+
+def escape_markdown(text: str) -> str:
+    """Text from a run folder (an error, a note) shown literally inside Streamlit markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 def metrics_csv(run_dir: Path) -> bytes:

@@ -13,7 +13,7 @@ import streamlit as st
 from app import charts, state
 from app.loaders import metrics_tail
 from app.run_data import (RunSnapshot, RunUnreadable, accuracy_text, failure_in_words, find_run, format_duration,
-                          load_snapshot, progress, runs_dir, split_shutdown_noise)
+                          load_snapshot, progress, quiet_log, runs_dir, split_shutdown_noise)
 from engine import launcher, runstore
 from engine.spec import STRATEGIES
 from engine.units import format_bytes
@@ -180,7 +180,7 @@ def _state_share(latest, cuda: bool) -> str:
 def _log(snap: RunSnapshot, expanded: bool) -> None:
     log, shutdown = split_shutdown_noise(snap.log, snap.state)
     with st.expander("Log (last lines of torchrun's output)", expanded=expanded):
-        st.code(log or "(empty)", language=None)
+        st.code(log or quiet_log(snap), language=None)
     if shutdown:
         with st.expander("Shutdown messages after cancel (expected: torchrun and gloo reporting the stop)"):
             st.code(shutdown, language=None)

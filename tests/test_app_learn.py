@@ -76,3 +76,72 @@ def test_app_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_gpts_sharding_map_wraps_within_the_window(tmp_path, monkeypatch):
+    """gpt tiny has 29 tensors: at 120 px each the map ran 3,626 px wide and the page scrolled sideways."""
+    import json
+
+    from app.lesson_charts import MAP_TENSORS_PER_BAND
+
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    at.selectbox(key="learn_map_model").set_value("gpt").run()
+    assert not at.exception
+    (grid,) = charts_by_title(at)["Who holds what after forward"]
+    (element,) = [e for e in at.get("vega_lite_chart") if "Who holds what" in e.proto.spec]
+    bands = json.loads(element.proto.spec)["vconcat"]
+    shown = [t for band in bands for t in band["transform"][0]["filter"]["oneOf"]]
+    assert all(len(band["transform"][0]["filter"]["oneOf"]) <= MAP_TENSORS_PER_BAND for band in bands)
+    assert shown == list(dict.fromkeys(grid["tensor"])) and len(shown) == 29  # every tensor, once, in order
+
+
+def test_a_long_collectives_lane_narrows_to_fit():
+    from app.lesson_charts import TIMELINE_WIDTH_PX, collectives_frame, timeline_step_px
+
+    few = collectives_frame({"ddp": [{"op": "all_reduce", "bytes": 8, "phase": "backward"}] * 3})
+    many = collectives_frame({"zero1": [{"op": "broadcast", "bytes": 8, "phase": "optimizer"}] * 149})
+    assert timeline_step_px(few) == 44
+    assert 3 <= timeline_step_px(many) and 149 * timeline_step_px(many) <= TIMELINE_WIDTH_PX
+
+
+@pytest.mark.parametrize("key, typed, says", [
+    ("learn_psi", 1e12, "Choose 0.001 to 1,000,000 billion (got 1e+12)."),
+    ("learn_psi", 1e300, "Choose 0.001 to 1,000,000 billion (got 1e+300)."),
+    ("learn_psi", 0.0, "Choose 0.001 to 1,000,000 billion (got 0)."),
+    ("learn_n", 10**8, "Choose 1 to 1,000,000 (got 100,000,000)."),
+    ("learn_map_ranks", 9, "Choose 1 to 8 (got 9)."),
+])
+def test_an_out_of_range_number_is_refused_not_crashed_or_kept(tmp_path, monkeypatch, key, typed, says):
+    """Ψ = 1e12 billion and N = 1e8 raised into the page; with min/max a typed 9 ranks silently stayed 2."""
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    at.number_input(key=key).set_value(typed).run()
+    assert not at.exception
+    assert at.number_input(key=key).value == typed
+    assert [e.value for e in at.error] == [says]
+
+
+def test_each_map_cell_states_its_bytes_in_its_own_unit():
+    """On one shared unit a 1 KiB bias beside a 0.5 MiB weight read '0.0 MiB'."""
+    from app.lesson_charts import sharding_frame
+    from engine.sharding import map_for_phase
+
+    spec = {"model": "mlp", "size": "small", "dataset": "digits", "nproc": 2, "strategy": "zero3",
+            "precision": "fp32", "optimizer": "adam"}
+    cells = sharding_frame(map_for_phase(spec, "forward"), "forward")
+    assert not cells["amount"].str.startswith("0.0 ").any()
+    bias = cells[(cells["tensor"] == "hidden.0.bias") & (cells["category"] == "parameters")]["amount"]
+    assert set(bias) == {"1.00 KiB"}  # 256 fp32 rows per rank
+
+
+def test_the_stage_table_fits_a_1280_px_window(tmp_path, monkeypatch):
+    """Its last column ('measured in your last compare') ran past the main column's 820 px."""
+    import json
+
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    table = at.dataframe[0]
+    config = {name: c for name, c in json.loads(table.proto.columns).items() if name != "_index"}  # hidden index
+    assert set(config) == set(table.value.columns)  # every column has a width
+    assert sum(c["width"] for c in config.values()) <= 820

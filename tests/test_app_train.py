@@ -133,6 +133,31 @@ def test_an_out_of_range_number_is_refused_under_its_field_as_typed(runs, field,
     assert at.session_state[state.CURRENT_RUN] is None and no_run_folder(runs)
 
 
+def test_every_out_of_range_number_is_refused_at_once_each_under_its_field(runs):
+    """JobSpec stops at its first error; a class that typed four bad numbers used to see one error per click."""
+    at = train_page()
+    typed = {"steps": 0, "lr": 50.0, "nproc": 9, "global_batch": -5}
+    for field, value in typed.items():
+        at.number_input(key=state.FORM_FIELDS[field]).set_value(value)
+    at.button(key=state.LAUNCH_BUTTON).click().run()
+    assert not at.exception
+    assert set(at.session_state[state.FORM_ERRORS]) == set(typed)
+    assert error_under(at, state.FORM_FIELDS["steps"]) == "steps must be a whole number of at least 1 (got 0)"
+    assert error_under(at, state.FORM_FIELDS["lr"]) == "learning rate must be between 0 and 10 (got 50.0)"
+    assert error_under(at, state.FORM_FIELDS["nproc"]).startswith("9 ranks is more than the 8 CPU ranks")
+    assert error_under(at, state.FORM_FIELDS["global_batch"]) == "global_batch must be a whole number of at least 1 (got -5)"
+    assert all(at.number_input(key=state.FORM_FIELDS[f]).value == v for f, v in typed.items())
+    assert at.session_state[state.CURRENT_RUN] is None and no_run_folder(runs)
+
+
+def test_a_batch_that_does_not_split_over_valid_ranks_is_one_error(runs):
+    at = train_page()
+    at.number_input(key=state.FORM_FIELDS["nproc"]).set_value(3)
+    at.button(key=state.LAUNCH_BUTTON).click().run()
+    assert at.session_state[state.FORM_ERRORS] == {"global_batch": "global batch 64 is not divisible by 3 ranks (try 63)"}
+    assert no_run_folder(runs)
+
+
 @pytest.mark.torchrun
 def test_a_double_click_on_launch_starts_one_run(runs):
     from engine import launcher
@@ -246,9 +271,40 @@ def test_a_cancelled_run_reads_as_a_cancel(runs):
     by_label = {e.label.split(" (")[0]: e for e in at.expander}
     log, shutdown = by_label["Log"], by_label["Shutdown messages after cancel"]
     assert log.code[0].value == "[rank0] step 12"
+    # Nothing but shutdown noise: the Log says so instead of showing an empty box.
+    write_fixture_run(runs, "stopped-early", steps=100, steps_done=0, state="cancelled",
+                      log=CANCELLED_LOG_TAIL.split("\n", 1)[1])
+    at = train_page(run="stopped-early")
+    by_label = {e.label.split(" (")[0]: e for e in at.expander}
+    assert by_label["Log"].code[0].value.startswith("torchrun printed nothing before the cancel")
     assert "SignalException" in shutdown.code[0].value and "Connection closed by peer" in shutdown.code[0].value
 
 
 def test_a_running_run_still_promises_its_evaluation(runs):
     write_fixture_run(runs, "live", steps=100, steps_done=12, state="running")
     assert [m.value for m in train_page(run="live").metric][1] == "after eval"
+
+
+@pytest.mark.parametrize("field, typed, says", [("nnodes", 2000, "Choose 1 to 1024 (got 2,000)."),
+                                                ("nproc", 0, "Choose 1 to 64 (got 0).")])
+def test_cluster_panel_refuses_an_out_of_range_shape_as_typed(runs, field, typed, says):
+    """With min/max the browser kept the last valid node count and the page printed the script for that."""
+    at = train_page()
+    assert len(at.code) == 2  # the torchrun line and the Slurm script for the default 2 x 8
+    key = state.CLUSTER_FIELDS[field]
+    at.number_input(key=key).set_value(typed).run()
+    assert not at.exception
+    assert at.number_input(key=key).value == typed
+    assert says in errors(at)
+    assert not at.code  # no script for a shape other than the one shown
+
+
+def test_a_quiet_succeeded_runs_log_says_what_happened_not_empty(runs):
+    """torchrun prints nothing for a clean run: the Log read '(empty)'."""
+    write_fixture_run(runs, "quiet", steps=20, state="succeeded", log="")
+    at = train_page(run="quiet")
+    assert not at.exception
+    log = {e.label.split(" (")[0]: e for e in at.expander}["Log"].code[0].value
+    assert log.startswith("torchrun printed nothing: a clean run is quiet")
+    assert "succeeded" in log and "(9.0 s), exit code 0" in log
+    assert "rank 0 started on fixture (pid 1000" in log and "rank 1 started on fixture (pid 1001" in log

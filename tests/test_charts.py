@@ -195,14 +195,14 @@ def test_every_chart_builds_a_valid_spec_from_a_fixture_run(tmp_path):
 def test_per_rank_and_per_run_panels_wrap_within_a_1280_px_window(tmp_path, nproc):
     snap = load_snapshot(write_fixture_run(tmp_path, "r", strategy="zero3", nproc=nproc, steps=3))
     phase = charts.phase_chart(snap.latest).to_dict()
-    per_panel = phase["spec"]["width"]["step"] * len(charts.PHASES) + charts.PANEL_GAP_PX
-    assert phase["columns"] * per_panel <= charts.PANEL_BUDGET_PX
+    per_panel = phase["spec"]["width"]["step"] * len(charts.PHASES) + charts.PANEL_GAP_PX + charts.FACET_SPACING_PX
+    assert charts.AXIS_PX + phase["columns"] * per_panel <= charts.PANEL_BUDGET_PX
     assert phase["columns"] >= min(nproc, 3)  # a row still shows several ranks side by side
-    three = {"a": snap.latest, "b": snap.latest, "c": snap.latest}
-    for chart in (charts.compare_memory_chart(three), charts.compare_comm_chart(three, dict.fromkeys(three, PSI), dict.fromkeys(three, 4))):
+    six = {name: snap.latest for name in "abcdef"}  # the Runs page compares as many runs as a class picks
+    for chart in (charts.compare_memory_chart(six), charts.compare_comm_chart(six, dict.fromkeys(six, PSI), dict.fromkeys(six, 4))):
         spec = chart.to_dict()
-        width = spec["spec"]["width"]["step"] * nproc + charts.PANEL_GAP_PX
-        assert spec["columns"] * width <= charts.PANEL_BUDGET_PX
+        width = spec["spec"]["width"]["step"] * nproc + charts.PANEL_GAP_PX + charts.FACET_SPACING_PX
+        assert charts.AXIS_PX + spec["columns"] * width <= charts.PANEL_BUDGET_PX
 
 
 def test_rss_axis_starts_at_zero_so_noise_does_not_look_like_growth():

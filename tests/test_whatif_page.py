@@ -226,3 +226,23 @@ def test_activations_predicted_beside_measured(runs):
     acts = next(d.value for d in at.dataframe if "predicted_bytes" in d.value.columns and "category" not in d.value.columns)
     assert list(acts["predicted_bytes"]) == [want, want] and list(acts["measured_bytes"]) == [int(want * 1.01)] * 2
     assert acts["difference_pct"].round(1).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("key, typed, says", [
+    ("whatif_nodes", 0, "Choose 1 to 1,000,000 (got 0)."),
+    ("whatif_ranks", 2_000_000, "Choose 1 to 1,000,000 (got 2,000,000)."),
+    ("whatif_host_mem_gib", 0.0, "Choose 1 to 1,000,000 (got 0)."),
+    ("whatif_prefetch_depth", 65, "Choose 0 to 64 (got 65)."),
+    ("whatif_reserve_pct", 101, "Choose 0 to 100 (got 101)."),
+])
+def test_an_out_of_range_number_stays_as_typed_and_computes_nothing(runs, key, typed, says):
+    """With min/max the browser kept the last valid value: 'Nodes 0' went on computing 1 node x 8 GPUs."""
+    at = page(runs)
+    assert table(at) is not None
+    at.number_input(key=key).set_value(typed).run()
+    assert not at.exception
+    assert at.number_input(key=key).value == typed  # kept as typed
+    assert not [d for d in at.dataframe if "total bytes" in d.value.columns]  # no estimate from a stale value
+    messages = [e.value for e in at.error]
+    assert says in messages
+    assert any(m.startswith("Numbers out of range in the sidebar") for m in messages)

@@ -12,13 +12,15 @@ from app.compare_view import map_controls
 from app.run_data import runs_dir
 from engine import runstore
 from engine.compare import ENGINE_PAYLOAD_PSI, ORDER, engine_traffic_psi
-from engine.estimate import bytes_per_param, comm_volume, estimate_model_states
+from engine.estimate import MAX_PARAMS, MAX_RANKS, bytes_per_param, comm_volume, estimate_model_states
 from engine.registry import MODELS
 from engine.sharding import map_for_phase
 from engine.spec import STRATEGIES
 
 state.seed_lessons()
 LABELS = {s: STRATEGIES[s]["label"] for s in ORDER}
+LEARN_TABLE_PX = {"stage": 58, "bytes per parameter": 134, "GB per rank (10^9 bytes)": 154, "traffic per step": 96,
+                  "what PyTorch sends here": 222, "measured (last compare)": 150}  # 814 of 820 px
 OPS = {"all_reduce": "all-reduce", "broadcast": "broadcast", "all_gather": "all-gather", "reduce_scatter": "reduce-scatter"}
 
 st.title("Learn: DDP and the three ZeRO stages")
@@ -32,7 +34,11 @@ st.markdown(
 st.subheader("Who holds what, when", anchor="who-holds-what")
 c1, c2, c3 = st.columns([1.2, 1, 3])
 model = c1.selectbox("Model", ["mlp", "cnn", "gpt"], key="learn_map_model")
-ranks = c2.number_input("Ranks", 1, 8, key=state.LEARN_MAP_RANKS)
+# No min/max on number inputs: the browser would keep the last valid value of an out-of-range one unseen.
+ranks = c2.number_input("Ranks", step=1, key=state.LEARN_MAP_RANKS)
+if not 1 <= ranks <= 8:
+    c2.error(f"Choose 1 to 8 (got {ranks:,}).", icon=":material/error:")
+    st.stop()
 
 
 def spec_of(strategy: str) -> dict:
@@ -51,8 +57,14 @@ st.caption(f"{model} tiny ({', '.join(f'{k} {v}' for k, v in MODELS[model].prese
 # ------------------------------------------------------------------ memory and traffic per rank
 st.subheader("Memory and traffic per rank", anchor="memory-and-traffic")
 left, right = st.columns(2)
-psi_b = left.number_input("Ψ, parameters (billions)", min_value=0.001, value=7.5, step=0.5, key="learn_psi")
-n = right.number_input("N, ranks", min_value=1, value=64, step=1, key="learn_n")
+psi_b = left.number_input("Ψ, parameters (billions)", value=7.5, step=0.5, key="learn_psi")
+n = right.number_input("N, ranks", value=64, step=1, key="learn_n")
+if not 0.001 <= psi_b <= MAX_PARAMS / 1e9:
+    left.error(f"Choose 0.001 to {MAX_PARAMS / 1e9:,.0f} billion (got {psi_b:,g}).", icon=":material/error:")
+    st.stop()
+if not 1 <= n <= MAX_RANKS:
+    right.error(f"Choose 1 to {MAX_RANKS:,} (got {n:,}).", icon=":material/error:")
+    st.stop()
 psi = int(round(psi_b * 1e9))
 groups = runstore.list_groups(runs_dir(), kind="compare")
 measured = {}
@@ -76,7 +88,7 @@ for stage, strategy_name in enumerate(ORDER):
         "GB per rank (10^9 bytes)": round(states.total_bytes / 1e9, 2),
         "traffic per step": f"{paper['elements'] / psi:g}Ψ",
         "what PyTorch sends here": f"{ops} = {engine_traffic_psi(strategy_name):g}Ψ",
-        "measured in your last compare": f"{measured[strategy_name]:.2f}Ψ" if strategy_name in measured else "–",
+        "measured (last compare)": f"{measured[strategy_name]:.2f}Ψ" if strategy_name in measured else "–",
     })
 frame = pd.DataFrame(table)
 chart = (
@@ -90,7 +102,8 @@ chart = (
     .properties(height=220)
 )
 st.altair_chart(chart, width="stretch")
-st.dataframe(frame, hide_index=True)
+# Widths that fit the main column of a 1,280 px window (the last column ran off its right edge).
+st.dataframe(frame, hide_index=True, column_config={name: st.column_config.Column(width=px) for name, px in LEARN_TABLE_PX.items()})
 st.caption("Mixed-precision Adam, the ZeRO paper's setting (engine.estimate.estimate_model_states and comm_volume); "
            "Ψ = 7.5 billion on N = 64 ranks is the paper's Figure 1. Traffic uses the paper's convention: an "
            "all-reduce counts twice its payload (a reduce-scatter plus an all-gather). **ZeRO-1 in PyTorch** "

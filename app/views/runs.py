@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import charts, loaders, state
-from app.run_data import TABLE_WIDTHS_PX, UNREADABLE, runs_dir, runs_table
+from app.run_data import TABLE_WIDTHS_PX, UNREADABLE, escape_markdown, runs_dir, runs_table
 from app.run_view import show_run
 from engine.spec import STRATEGIES
 
@@ -29,11 +29,17 @@ st.dataframe(
                                                    help="Exact model-state bytes per rank: one value, or min–max over ranks"),
         "peak RSS": st.column_config.TextColumn(width=TABLE_WIDTHS_PX["peak RSS"],
                                                 help="Peak resident memory per rank process: one value, or min–max over ranks"),
+        "note": None,  # 240 px past the other columns ran off a 1,280 px window: the notes are listed below instead
     },
 )
 st.caption(f"{len(runs)} runs in {root.resolve()}, newest first. Memory per rank: one value, or the range over ranks.")
+if "note" in table:
+    noted = table[table["note"].astype(bool)]
+    st.warning("\n".join(f"- **{row.run}** ({row.status}): {escape_markdown(row.note)}" for row in noted.itertuples()),
+               icon=":material/info:")
 ids = [r["run_id"] for r in readable]
-short = {r["run_id"]: f"{r['run_id']} · {STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')}" for r in readable}
+# The strategy leads: a compare panel's header is cut to its width, and runs launched together share a timestamp.
+short = {r["run_id"]: f"{STRATEGIES.get(r['spec'].get('strategy'), {}).get('label', '?')} · {r['run_id']}" for r in readable}
 labels = {r["run_id"]: f"{short[r['run_id']]} · {r['spec'].get('nproc')} ranks · {r['state']}" for r in readable}
 
 open_tab, compare_tab = st.tabs(["Open a run", "Compare runs"])

@@ -23,6 +23,23 @@ UNITS = ("GiB (2^30 bytes)", "GB (1e9 bytes, the ZeRO paper's)")
 CURVE_POINTS = 21  # N = 1, 2, 4, ... 2^20 at most
 
 
+out_of_range: list[str] = []  # messages for numbers typed outside their range; the page computes nothing then
+
+
+def bounded_number(label: str, lo, hi, *args, key: str, **kwargs):
+    """st.number_input without min/max, checked here. With min/max the browser keeps the last valid value of an
+    out-of-range one and shows only a red '!': '0 nodes' silently stayed '1 node'. Here the value stays as typed,
+    the error sits under the field, and the page computes nothing until it is fixed."""
+    def plain(x) -> str:  # 1,000,000 rather than 1e+06
+        return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:,g}"
+
+    value = st.number_input(label, None, None, *args, key=key, **kwargs)
+    if value is not None and not lo <= value <= hi:
+        out_of_range.append(f"{label}: {plain(value)} is out of range ({plain(lo)} to {plain(hi)})")
+        st.error(f"Choose {plain(lo)} to {plain(hi)} (got {plain(value)}).", icon=":material/error:")
+    return value
+
+
 def architecture_label(name: str) -> str:
     if name in ARCHITECTURES:
         return ARCHITECTURES[name].name
@@ -87,8 +104,8 @@ with st.sidebar:
     )
 
     st.header("Cluster and training")
-    nodes = st.number_input("Nodes", 1, est.MAX_RANKS, 1, step=1, key=KEYS["nodes"])
-    per_node = st.number_input("GPUs per node", 1, est.MAX_RANKS, 8, step=1, key=KEYS["ranks"])
+    nodes = bounded_number("Nodes", 1, est.MAX_RANKS, 1, step=1, key=KEYS["nodes"])
+    per_node = bounded_number("GPUs per node", 1, est.MAX_RANKS, 8, step=1, key=KEYS["ranks"])
     if memory_model == "pytorch":
         precision = st.selectbox("Precision (the engine's)", est.ENGINE_PRECISIONS, key=KEYS["engine_precision"])
     else:
@@ -104,16 +121,16 @@ with st.sidebar:
     offload_params = st.checkbox(
         "Offload parameters to CPU (ZeRO-3)", key=KEYS["offload_params"], disabled=not (memory_model == "deepspeed" and offload),
     ) and memory_model == "deepspeed" and offload
-    prefetch = st.number_input("ZeRO-3 prefetch depth (layers gathered ahead)", 0, 64, 1, key=KEYS["prefetch"])
+    prefetch = bounded_number("ZeRO-3 prefetch depth (layers gathered ahead)", 0, 64, 1, step=1, key=KEYS["prefetch"])
 
     st.header("GPU")
     gpu_names = [*est.GPUS, CUSTOM_GPU]
     gpu = st.selectbox("GPU", gpu_names, index=gpu_names.index("NVIDIA A100 80 GB"), key=KEYS["gpu"])
     if gpu == CUSTOM_GPU:
-        capacity_bytes = int(st.number_input("Capacity (GiB)", 0.1, 10_000.0, 80.0, key=KEYS["gpu_custom"]) * est.GIB)
+        capacity_bytes = int(bounded_number("Capacity (GiB)", 0.1, 10_000.0, 80.0, key=KEYS["gpu_custom"]) * est.GIB)
     else:
         capacity_bytes = est.GPUS[gpu]
-    host_gib = st.number_input("Host memory per node (GiB)", 1.0, 1_000_000.0, 1024.0, key=KEYS["host_mem"])
+    host_gib = bounded_number("Host memory per node (GiB)", 1.0, 1_000_000.0, 1024.0, key=KEYS["host_mem"])
     decimal = st.radio("Units", UNITS, key=KEYS["units"]) == UNITS[1]
 
     arch = source.arch if source is not None else None
@@ -127,8 +144,8 @@ with st.sidebar:
                 st.session_state[KEYS["arch_seen"]] = arch.name
                 st.session_state[KEYS["seq"]] = min(arch.context, 2048)
                 st.session_state[KEYS["dropout"]] = arch.dropout
-            batch = st.number_input("Micro-batch per GPU (0 = leave out)", 0, est.inputs.MAX_BATCH, 1, key=KEYS["batch"])
-            seq = st.number_input("Sequence length", 1, est.inputs.MAX_SEQ, key=KEYS["seq"])
+            batch = bounded_number("Micro-batch per GPU (0 = leave out)", 0, est.inputs.MAX_BATCH, 1, step=1, key=KEYS["batch"])
+            seq = bounded_number("Sequence length", 1, est.inputs.MAX_SEQ, step=1, key=KEYS["seq"])
             recompute = st.selectbox("Recomputation", est.RECOMPUTE, key=KEYS["recompute"])
             attention = st.selectbox(
                 "Attention kernel", est.ATTENTION, key=KEYS["attention"],
@@ -144,19 +161,23 @@ with st.sidebar:
                 except ValueError as err:
                     problem = problem or str(err)
     with st.expander("Overheads (on by default for GPUs; set yours)"):
-        context_gib = st.number_input(
+        context_gib = bounded_number(
             "CUDA context and workspaces (GiB)", 0.0, 1000.0, step=0.25,
             key=KEYS["context"], help="CUDA context, cuBLAS/cuDNN/NCCL workspaces and the framework: 0.5-1 GiB is common.",
         )
-        reserve_pct = st.number_input(
-            "Allocator reserve (% of allocated)", 0, 100, key=KEYS["reserve"],
+        reserve_pct = bounded_number(
+            "Allocator reserve (% of allocated)", 0, 100, step=1, key=KEYS["reserve"],
             help="The caching allocator's fragmentation and rounding: what nvidia-smi shows beyond what tensors hold.",
         )
-        comm_mib = st.number_input(
+        comm_mib = bounded_number(
             "Communication buffers (MiB; blank = the memory model's default)", 0.0, 1_000_000.0, None, step=25.0,
             key=KEYS["comm"], help="DeepSpeed: its 5e8-element reduce bucket; PyTorch and the paper: none extra.",
         )
 
+if out_of_range:
+    st.error("Numbers out of range in the sidebar, so nothing is computed: " + "; ".join(out_of_range) + ".",
+             icon=":material/error:")
+    st.stop()
 if problem:
     st.error(problem, icon=":material/error:")
     st.stop()
