@@ -13,6 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from engine.jsonfile import nesting_depth  # the one linear-scan depth check (json.loads recurses)
+
 MAX_CONFIG_BYTES = 256 * 1024  # a real config.json is a few KB; anything larger is not one
 MAX_CONFIG_DEPTH = 32  # nesting a real config.json never reaches; json.loads would recurse ~1,000 deep
 FAMILIES = ("gpt2", "llama", "qwen2", "gemma", "phi3", "mixtral")
@@ -331,29 +333,6 @@ def read_hf_config(config: dict, name: str = "uploaded config") -> tuple[Transfo
 SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral")
 
 
-def json_depth(raw: bytes | str) -> int:
-    """Deepest nesting of [ and { outside strings, by a linear scan (json.loads itself recurses per level)."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
 def parse_hf_config(raw: bytes | str, name: str = "uploaded config") -> TransformerConfig:
     """Parses an uploaded config.json: size- and depth-capped JSON only, then `from_hf_config`."""
     return read_hf_config_bytes(raw, name)[0]
@@ -363,7 +342,7 @@ def read_hf_config_bytes(raw: bytes | str, name: str = "uploaded config") -> tup
     """`parse_hf_config` that also returns the unused keys (to report them)."""
     if len(raw) > MAX_CONFIG_BYTES:
         raise ArchitectureError(f"config.json is {len(raw):,} bytes; at most {MAX_CONFIG_BYTES:,} are accepted")
-    if json_depth(raw) > MAX_CONFIG_DEPTH:
+    if nesting_depth(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw) > MAX_CONFIG_DEPTH:
         raise ArchitectureError(f"config.json nests deeper than {MAX_CONFIG_DEPTH} levels: not a model config")
     try:
         config = json.loads(raw)
