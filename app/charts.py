@@ -210,6 +210,19 @@ def loss_chart(train: pd.DataFrame) -> alt.Chart:
     )
 
 
+def waiting_loss_chart() -> alt.Chart:
+    """The loss chart's empty frame while the ranks start: the page has its charting code loaded and laid out
+    before the first step, so that step's point is drawn the moment it is read (the first chart on a page
+    otherwise costs the browser about a second)."""
+    empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64")})
+    return (
+        alt.Chart(empty, title="Loss: waiting for the first step")
+        .mark_line()
+        .encode(x=alt.X("step:Q", title="step"), y=alt.Y("loss:Q", title="loss (cross-entropy)"))
+        .properties(height=CHART_HEIGHT)
+    )
+
+
 def accuracy_chart(evals: pd.DataFrame) -> alt.Chart:
     """Held-out accuracy (computed over the whole held-out set, the same on every rank)."""
     return (

@@ -19,6 +19,7 @@ from engine.spec import STRATEGIES
 from engine.units import format_bytes
 
 REFRESH_S = 1.0
+FIRST_STEP_REFRESH_S = 0.2  # until the first step is on disk: its loss point is drawn within a fifth of a second
 STATE_BADGES = {  # state -> (label, color, icon)
     "queued": ("queued", "gray", ":material/hourglass_empty:"),
     "running": ("running", "blue", ":material/autorenew:"),
@@ -66,21 +67,26 @@ def show_run(run_id: str, key: str) -> None:
     if snap.active:
         cancel.button("Cancel", icon=":material/stop_circle:", key=state.cancel_key(key), on_click=_cancel,
                       args=(run_dir.name,))
-    st.fragment(run_every=REFRESH_S if snap.active else None)(_live)(run_dir, snap.active)
+    waiting = snap.active and snap.train.empty
+    every = (FIRST_STEP_REFRESH_S if waiting else REFRESH_S) if snap.active else None
+    st.fragment(run_every=every)(_live)(run_dir, snap.active, waiting)
 
 
 def _cancel(run_id: str) -> None:
     launcher.cancel(run_id, runs_dir=runs_dir())
 
 
-def _live(run_dir: Path, was_active: bool) -> None:
+def _live(run_dir: Path, was_active: bool, was_waiting: bool) -> None:
     try:
         snap = load_snapshot(run_dir, metrics_tail(str(run_dir)))
     except RunUnreadable as error:  # the folder was damaged while the run was shown
         st.warning(f"Run '{run_dir.name}' cannot be read: {error}", icon=":material/help:")
         return
-    if was_active and not snap.active:
-        st.rerun()  # a full rerun stops the timer and hides Cancel
+    first_drawn = was_waiting and st.session_state.get(state.FIRST_STEP_DRAWN) == run_dir.name
+    if (was_active and not snap.active) or first_drawn:
+        st.rerun()  # a full rerun stops (or, once the first step is drawn, slows) the timer and hides Cancel
+    if was_waiting and not snap.train.empty:
+        st.session_state[state.FIRST_STEP_DRAWN] = run_dir.name  # drawn now; the next tick slows the timer
     draw_snapshot(snap)
 
 
@@ -126,6 +132,8 @@ def draw_snapshot(snap: RunSnapshot) -> None:
     if snap.train.empty:
         st.info("Waiting for the first step: torchrun is starting the ranks (a few seconds on CPU).",
                 icon=":material/hourglass_top:")
+        if snap.active:
+            st.altair_chart(charts.waiting_loss_chart(), width="stretch")
         _log(snap, expanded=snap.state == "failed")
         return
     _headline(snap)

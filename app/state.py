@@ -32,6 +32,7 @@ FORM_ERRORS = "train_form_errors"  # {JobSpec field or "": message} from the las
 LAUNCH_BUTTON = "train_launch"
 SESSION_ID = "session_id"  # a random id per browser session: who asked for the warm standby
 LAST_LAUNCH = "train_last_launch"  # {"values", "token", "run_id"} of the last run this session launched
+FIRST_STEP_DRAWN = "first_step_drawn"  # the run whose first step the live view has drawn (its timer then slows)
 CURRENT_RUN = "train_current_run"  # the run the Train page shows (also mirrored in the URL as ?run=)
 RUN_QUERY_PARAM = "run"  # ?run=<run id>: a plain run id inside the runs folder, nothing else
 TRAIN_VIEW = "train"  # widget-key prefix of the run view on the Train page (its Cancel is "train_cancel")
