@@ -263,3 +263,9 @@ def test_on_gpu_other_is_cuda_allocated_minus_model_state():
     rank0 = data[data["rank"] == 0]
     assert rank0["bytes"].sum() == latest.iloc[0]["cuda_allocated_bytes"]
     assert charts.memory_over_steps_chart(latest, cuda=True).to_dict()["title"] == "CUDA allocated per rank over steps"
+
+
+def test_the_waiting_loss_chart_is_an_empty_frame_that_is_not_the_training_loss():
+    chart = charts.waiting_loss_chart()
+    assert chart.data.empty and list(chart.data.columns) == ["step", "loss"]
+    assert "Training loss" not in str(chart.title)  # the browser test waits for the real one's first point
