@@ -13,6 +13,7 @@ import altair as alt
 import pandas as pd
 
 from engine import runstore
+from engine.compare import traffic_bytes  # the ZeRO paper's convention, defined once
 from engine.units import display_unit, unit_note
 
 # Model state as the ZeRO paper splits it, plus what the process holds besides (RSS or CUDA allocated).
@@ -29,8 +30,6 @@ CATEGORY_COLORS = {
 }
 PHASES = {"forward": "forward", "backward": "backward", "step": "step"}  # state read after each (step: optimizer step)
 OP_COLORS = {"all_reduce": "#4C78A8", "broadcast": "#54A24B", "all_gather": "#B279A2", "reduce_scatter": "#F58518"}
-# The ZeRO paper's convention: a ring all-reduce is a reduce-scatter plus an all-gather, so it moves 2x its payload.
-PAPER_WEIGHT = {"all_reduce": 2}
 TRAFFIC_NOTE = "ZeRO paper convention: an all-reduce counts twice its payload"
 MEAN_LABEL = "mean over ranks"
 CHART_HEIGHT = 300
@@ -50,11 +49,6 @@ def byte_axis(max_bytes: float, what: str) -> tuple[int, str]:
     """(divisor, axis title) for bytes: the unit engine.units picks for the largest value, and what it means."""
     divisor, name = display_unit(max_bytes if pd.notna(max_bytes) else 0)
     return divisor, f"{what} ({unit_note(name)})"
-
-
-def traffic_bytes(op: str, payload_bytes: float) -> float:
-    """Traffic of one collective in the ZeRO paper's convention: an all-reduce counts twice its payload."""
-    return PAPER_WEIGHT.get(op, 1) * payload_bytes
 
 
 def _wrap_columns(panel_px: int) -> int:

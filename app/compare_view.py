@@ -14,7 +14,7 @@ from app import lesson_charts, state
 from app.run_data import MetricsTail, latest_per_rank, runs_dir
 from engine import compare, runstore
 from engine.sharding import PHASE_LABELS, map_for_phase, map_phases, measured_totals, sharding_map_for_spec
-from engine.spec import STRATEGIES, JobSpec, SpecError
+from engine.spec import STRATEGIES, JobSpec, SpecError, param_element_bytes
 
 REFRESH_S = 1.0
 LABELS = lesson_charts.LABELS
@@ -248,7 +248,7 @@ def _all_four(data: GroupData) -> None:
     with traffic:
         st.subheader("Traffic per step", anchor="traffic")
         frame = lesson_charts.traffic_frame(latest, data.param_counts(),
-                                            8 if next(iter(data.spec.values()), {}).get("precision") == "fp64" else 4)
+                                            param_element_bytes(next(iter(data.spec.values()), {}).get("precision")))
         if not frame.empty:
             st.altair_chart(lesson_charts.traffic_chart(frame), width="stretch")
             st.markdown(f"**{traffic_ratio_text(frame)}**")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.charts import traffic_bytes
-from engine import runstore
+from engine import compare, runstore
+from engine.spec import param_element_bytes
 from engine.units import display_unit, format_bytes
 
 MAX_POINTS_PER_SERIES = 1000  # Altair stays smooth at ~1k points per line; 10k is too heavy for a 1 s refresh
@@ -142,7 +142,7 @@ class RunSnapshot:
     @property
     def bytes_per_element(self) -> int:
         """Bytes of one parameter element for Ψ: 8 in fp64, else 4 (bf16 keeps fp32 parameters)."""
-        return 8 if self.spec.get("precision") == "fp64" else 4
+        return param_element_bytes(self.spec.get("precision"))
 
     @property
     def device(self) -> str:
@@ -296,10 +296,9 @@ def traffic_psi(summary: dict) -> float | None:
     per_rank, psi = summary.get("per_rank") or [], summary.get("param_count")
     if not per_rank or not psi:
         return None
-    bytes_per_element = 8 if (summary.get("spec") or {}).get("precision") == "fp64" else 4
-    traffic = sum(traffic_bytes(op, b) for op, b in (per_rank[0].get("comm_bytes_per_step") or {}).items()
-                  if isinstance(b, (int, float)))
-    return traffic / (psi * bytes_per_element) if traffic else None
+    comm = {op: b for op, b in (per_rank[0].get("comm_bytes_per_step") or {}).items() if isinstance(b, (int, float))}
+    units = compare.traffic_psi(comm, psi, param_element_bytes((summary.get("spec") or {}).get("precision")))
+    return units or None
 
 
 # Column widths that fit the 820 px main column of a 1,280 px window (the note, when any, takes what is left).

@@ -11,10 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine import launcher, runstore
-from engine.spec import JobSpec
+from engine.spec import JobSpec, param_element_bytes
 
 ORDER = ("ddp", "zero1", "zero2", "zero3")
 PAPER_WEIGHT = {"all_reduce": 2}  # a ring all-reduce is a reduce-scatter plus an all-gather: 2x its payload
+
+
+def traffic_bytes(op: str, payload_bytes: float) -> float:
+    """Traffic of one collective in the ZeRO paper's convention: an all-reduce counts twice its payload."""
+    return PAPER_WEIGHT.get(op, 1) * payload_bytes
 
 
 # The Compare page's lesson: small enough that all four, one after another through the launch queue, finish in
@@ -61,8 +66,7 @@ def engine_traffic_psi(strategy: str) -> float:
 
 def traffic_psi(per_rank_comm: dict[str, int], param_count: int, bytes_per_element: int) -> float:
     """One rank's payload per step in units of Ψ (paper convention)."""
-    payload = sum(PAPER_WEIGHT.get(op, 1) * size for op, size in per_rank_comm.items())
-    return payload / (param_count * bytes_per_element)
+    return sum(traffic_bytes(op, size) for op, size in per_rank_comm.items()) / (param_count * bytes_per_element)
 
 
 def loss_differences(losses: dict[str, dict[int, float]]) -> dict[int, float]:
@@ -90,7 +94,7 @@ def compare_report(group_id: str, runs_dir: Path | None = None) -> dict:
         times = sorted(r["step_time_s"] for r in rank0[1:]) or [r["step_time_s"] for r in rank0]  # step 1 warms up
         report["step_time_s"][strategy] = times[len(times) // 2] if times else None
         if summary["per_rank"] and summary["param_count"]:
-            bpe = 8 if summary["spec"].get("precision") == "fp64" else 4
+            bpe = param_element_bytes(summary["spec"].get("precision"))
             report["traffic_psi"][strategy] = round(
                 traffic_psi(summary["per_rank"][0]["comm_bytes_per_step"], summary["param_count"], bpe), 4)
     differences = loss_differences(losses)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 from engine.estimate import ADAM_STEP_BYTES, engine_param_shapes, shard_rows, zero_redundancy_partition
+from engine.spec import param_element_bytes
 
 PHASES = ("forward", "backward", "step")  # the state is read after each (the worker's mem/<phase>/ keys)
 PHASE_LABELS = {"forward": "after forward", "backward": "after backward", "step": "after the optimizer step"}
@@ -46,7 +47,7 @@ def sharding_map(shapes, strategy: str, ranks: int, precision: str = "fp32", opt
     """
     if strategy not in ("ddp", "zero1", "zero2", "zero3"):
         raise ValueError(f"unknown strategy '{strategy}'")
-    elem = 8 if precision == "fp64" else 4
+    elem = param_element_bytes(precision)
     compute_elem = 2 if (precision == "bf16" and strategy == "zero2") else elem
     n_states = OPTIMIZER_STATES[optimizer]
     step_bytes = ADAM_STEP_BYTES if optimizer in ("adam", "adamw") else 0
@@ -137,7 +138,7 @@ def gathered_map(rows: list[dict], shapes, unit_of: dict[str, str], unit: str, p
     """ZeRO-3 inside the forward pass: while `unit` computes, its parameters are gathered in full on every rank
     (an all-gather, freed right after); every other tensor stays a shard. Derived from the 'forward' rows, not a
     measured snapshot: the collective log shows the all-gather that makes it."""
-    elem = 8 if precision == "fp64" else 4
+    elem = param_element_bytes(precision)
     numel = {name: math.prod(shape) for name, shape in shapes}
     out = []
     for r in rows:

@@ -43,6 +43,12 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "sgd_momentum")
 PRECISIONS = ("fp32", "bf16", "fp64")
 DEVICES = ("cpu", "cuda")
 MAX_CPU_RANKS = 64
+
+
+def param_element_bytes(precision: str | None) -> int:
+    """Bytes of one stored parameter (gradient, optimizer-state) element: 8 in fp64, else 4 (bf16 is mixed
+    precision: bf16 compute, fp32 storage). Ψ in bytes is the parameter count times this."""
+    return 8 if precision == "fp64" else 4
 MAX_STEPS = 1_000_000
 MAX_SPEC_FILE_BYTES = 64 * 1024  # a spec is ~600 bytes; larger files are refused before they are read
 INT64_MAX = 2**63 - 1

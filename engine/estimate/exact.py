@@ -21,6 +21,7 @@ from engine.estimate.inputs import (
     choice,
 )
 from engine.estimate.paper import ModelStates
+from engine.spec import param_element_bytes
 
 ADAM_STEP_BYTES = 4  # Adam/AdamW keep state['step'] as a 0-dim float32 tensor per parameter
 LEAVES_OUT = (
@@ -140,7 +141,7 @@ def engine_state_groups(
     numels = [numel(shape) for _, shape in shapes]
     # fp32/fp64 keep one dtype everywhere. bf16 (mixed): DDP/ZeRO-1 autocast leaves every stored tensor
     # fp32; FSDP2's MixedPrecisionPolicy(param_dtype=bf16) makes only the gathered compute params bf16.
-    elem = 8 if precision == "fp64" else 4
+    elem = param_element_bytes(precision)
     compute_elem = 2 if (precision == "bf16" and strategy == "zero2") else elem
     step = ADAM_STEP_BYTES if optimizer in ("adam", "adamw") else 0  # SGD keeps no step tensor
 
@@ -236,7 +237,7 @@ def compare_with_measured(predicted: list[ModelStates], per_rank: list[dict]) ->
 def pytorch_coefficients(stage: int, precision: str, optimizer: str) -> tuple[int, int]:
     """(replicated, sharded) bytes per parameter of the PyTorch recipes with an even split (for fit answers)."""
     choice("engine precision", precision, ENGINE_PRECISIONS)
-    elem = 8 if precision == "fp64" else 4
+    elem = param_element_bytes(precision)
     states = OPTIMIZER_STATES[choice("optimizer", optimizer, OPTIMIZER_STATES)] * elem
     compute = 2 if precision == "bf16" else elem
     return {0: (2 * elem + states, 0), 1: (2 * elem, states), 2: (compute, 2 * elem + states), 3: (0, 2 * elem + states)}[stage]

@@ -44,6 +44,7 @@ from engine.estimate.inputs import (
     whole,
 )
 from engine.estimate.paper import ModelStates, bytes_per_param, estimate_model_states
+from engine.spec import param_element_bytes
 
 MEMORY_MODELS = {
     "paper": "the ZeRO paper's (Rajbhandari et al. 2020): Ψ and K bytes per parameter, sharded by 1/N",
@@ -216,7 +217,7 @@ class Scenario:
                 self.prefetch_depth * p.param_bytes * self.largest_layer_params)
         if self.model == "pytorch" and stage >= 2:
             unit = self.largest_unit_params or exact_largest_unit(self.shapes)
-            elem = 8 if self.precision == "fp64" else 4
+            elem = param_element_bytes(self.precision)
             compute = 2 if self.precision == "bf16" else elem
             gathered = (1 + self.prefetch_depth) * compute * unit if stage == 3 else 0
             return gathered + elem * unit  # a unit's unsharded grads wait for their reduce-scatter
