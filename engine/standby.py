@@ -24,7 +24,6 @@ keepalive, when the app that asked for it exits, or when its supervisor dies (th
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -36,10 +35,12 @@ from pathlib import Path
 import psutil
 
 from engine import runstore
+from engine.jsonfile import JSONFileError, read_json_file
 from engine.spec import JobSpec
 from engine.supervisor import die_with_parent, kill_processes, torchrun_command
 
 IDLE_S = 300.0  # a standby no page asked for in 5 minutes gives its memory back
+MAX_STANDBY_FILE_BYTES = 64 * 1024
 POLL_S = 0.02  # hand-off latency: the supervisor and every rank look for handoff.json this often
 ADOPT_TIMEOUT_S = 5.0  # a standby that does not take its run in this time is killed and the run starts cold
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,10 +77,12 @@ def _process_alive(pid: int | None, create_time: float | None) -> bool:
 
 
 def _read_json(path: Path) -> dict:
+    """A standby's own small file, or {} when it is missing or not an object (the standby is then unusable)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        value = read_json_file(path, MAX_STANDBY_FILE_BYTES)
+    except JSONFileError:
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _standbys(root: Path) -> list[tuple[Path, dict]]:
