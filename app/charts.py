@@ -9,6 +9,8 @@ per-rank and per-run panels wrap into rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import altair as alt
 import pandas as pd
 
@@ -84,11 +86,42 @@ def _rank_scale(ranks) -> alt.Scale:
                      range=[RANK_COLORS[r % len(RANK_COLORS)] for r in ranks] + ["#222222"])
 
 
+LIVE_ROWS = "rows"  # the one dataset name every live chart's spec refers to (live_spec)
+ALTAIR_THEME_VIEW = ("continuousWidth", "continuousHeight")  # Altair's default theme; Streamlit draws without it
+
+
+def live_spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart as a Vega-Lite spec whose rows travel beside it under one fixed dataset name.
+
+    st.altair_chart names a chart's dataset after a hash of its rows, so every refresh that adds a step
+    changes the spec, and the browser compiles and lays out the chart again from nothing (the run view's
+    charts cost a loaded 2-core machine about a second that way). With the name fixed, the spec is
+    byte-identical from refresh to refresh while only rows change, and Streamlit's frontend puts the new
+    rows into the chart already drawn. Pass the result to st.vega_lite_chart(spec=...)."""
+    if not isinstance(chart.data, pd.DataFrame):
+        raise TypeError("live_spec needs a chart whose rows are one DataFrame at its top level")
+    bare = chart.copy(deep=False)
+    bare.data = alt.NamedData(name=LIVE_ROWS)
+    spec = bare.to_dict()
+    view = spec.get("config", {}).get("view", {})
+    for key in ALTAIR_THEME_VIEW:
+        view.pop(key, None)
+    if "config" in spec and not view:
+        spec["config"].pop("view", None)
+        if not spec["config"]:
+            del spec["config"]
+    spec["datasets"] = {LIVE_ROWS: chart.data}
+    return spec
+
+
 # ---------- shaping (pure pandas, tested on their own) ----------
 
 
 def loss_frame(train: pd.DataFrame) -> pd.DataFrame:
-    """Long form: step, series ('rank r' or the mean over ranks), loss."""
+    """Long form: step, series ('rank r' or the mean over ranks), loss (no rows before the first step)."""
+    if train.empty:
+        return pd.DataFrame({"step": pd.Series(dtype="int64"), "series": pd.Series(dtype=object),
+                             "loss": pd.Series(dtype="float64")})
     per_rank = pd.DataFrame({"step": train["step"], "series": _rank_label(train["rank"]), "loss": train["loss"]})
     rank0 = train[train["rank"] == train["rank"].min()]
     mean = pd.DataFrame({"step": rank0["step"], "series": MEAN_LABEL, "loss": rank0["loss_global"]})
@@ -181,11 +214,14 @@ def comm_traffic_total(latest: pd.DataFrame) -> float | None:
 # ---------- charts ----------
 
 
-def loss_chart(train: pd.DataFrame) -> alt.Chart:
-    """Loss vs step: a line per rank (its own slice of the batch) and a dashed one for the mean over ranks."""
+def loss_chart(train: pd.DataFrame, ranks: Sequence[int] | None = None) -> alt.Chart:
+    """Loss vs step: a line per rank (its own slice of the batch) and a dashed one for the mean over ranks.
+    `ranks` (the run's, from its spec) fixes the legend before every rank has logged, so the chart's spec is
+    the same from the empty frame laid out while the ranks start to the last step."""
     data = loss_frame(train)
-    series = alt.Color("series:N", title=None, scale=_rank_scale(train["rank"].unique()),
-                       legend=_rank_legend(train["rank"], extra=1))
+    ranks = sorted(set(int(r) for r in (train["rank"].unique() if ranks is None else ranks)))
+    series = alt.Color("series:N", title=None, scale=_rank_scale(ranks),
+                       legend=_rank_legend(pd.Series([f"rank {r}" for r in ranks], dtype=object), extra=1))
     return (
         alt.Chart(data, title="Training loss")
         .mark_line(strokeWidth=2)
@@ -200,19 +236,6 @@ def loss_chart(train: pd.DataFrame) -> alt.Chart:
             tooltip=[alt.Tooltip("series:N"), alt.Tooltip("step:Q"), alt.Tooltip("loss:Q", format=".4f")],
         )
         .transform_calculate(is_mean=f"datum.series == '{MEAN_LABEL}' ? 1 : 0")
-        .properties(height=CHART_HEIGHT)
-    )
-
-
-def waiting_loss_chart() -> alt.Chart:
-    """The loss chart's empty frame while the ranks start: the page has its charting code loaded and laid out
-    before the first step, so that step's point is drawn the moment it is read (the first chart on a page
-    otherwise costs the browser about a second)."""
-    empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64")})
-    return (
-        alt.Chart(empty, title="Loss: waiting for the first step")
-        .mark_line()
-        .encode(x=alt.X("step:Q", title="step"), y=alt.Y("loss:Q", title="loss (cross-entropy)"))
         .properties(height=CHART_HEIGHT)
     )
 

@@ -9,6 +9,7 @@ import altair as alt
 import pandas as pd
 
 from engine.compare import ORDER, PAPER_WEIGHT, traffic_psi
+from engine.runstore import mem_key
 from engine.sharding import CATEGORY_LABELS, PHASE_LABELS
 from engine.spec import STRATEGIES
 from engine.units import display_unit, format_bytes
@@ -77,20 +78,30 @@ def staircase_frame(latest: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["strategy", "rank", "category", "bytes"])
 
 
-def staircase_chart(latest: dict[str, pd.DataFrame]) -> alt.Chart:
+def predicted_latest(per_strategy: dict) -> dict[str, pd.DataFrame]:
+    """The estimator's per-rank ModelStates (strategy -> list, rank order) in the shape of a run's newest step,
+    so the staircase draws a prediction exactly as it draws a measurement."""
+    return {strategy: pd.DataFrame([{"rank": rank, **{mem_key("step", key): getattr(states, f"{key}_bytes")
+                                                      for key in CATEGORY_LABELS}}
+                                    for rank, states in enumerate(ranks)])
+            for strategy, ranks in per_strategy.items()}
+
+
+def staircase_chart(latest: dict[str, pd.DataFrame],
+                    title: str = "Model state per rank (after the optimizer step)") -> alt.Chart:
     """Model state per rank, DDP to ZeRO-3 left to right: the staircase."""
     data = staircase_frame(latest)
     divisor, unit = _unit(data.groupby(["strategy", "rank"])["bytes"].sum().max() if not data.empty else 0)
     data = data.assign(amount=data["bytes"] / divisor)
     categories = [c for c in CATEGORY_COLORS if c in set(data["category"])]
     return (
-        alt.Chart(data, title="Model state per rank (after the optimizer step)")
+        alt.Chart(data, title=title)
         .mark_bar()
         .encode(
             x=alt.X("strategy:N", title=None, sort=STRATEGY_ORDER, axis=alt.Axis(labelAngle=0)),
             xOffset=alt.XOffset("rank:N"),
             y=alt.Y("amount:Q", title=f"bytes held, {unit}", stack="zero"),
-            color=alt.Color("category:N", title=None, legend=alt.Legend(orient="bottom", columns=2),
+            color=alt.Color("category:N", title=None, legend=alt.Legend(orient="top", columns=4),
                             scale=alt.Scale(domain=categories, range=[CATEGORY_COLORS[c] for c in categories])),
             order=alt.Order("category:N"),
             tooltip=[alt.Tooltip("strategy:N"), alt.Tooltip("rank:N"), alt.Tooltip("category:N"),

@@ -115,8 +115,8 @@ def _header(snap: RunSnapshot) -> None:
 
 def _headline(snap: RunSnapshot) -> None:
     last = snap.latest.iloc[0] if not snap.latest.empty else None
-    psi_units = charts.comm_psi_total(snap.latest, snap.param_count, snap.bytes_per_element)
-    traffic = charts.comm_traffic_total(snap.latest)
+    psi_units = charts.comm_psi_total(snap.latest, snap.param_count, snap.bytes_per_element) if last is not None else None
+    traffic = charts.comm_traffic_total(snap.latest) if last is not None else None
     cols = st.columns(4)
     cols[0].metric("Loss (mean over ranks)", f"{last['loss_global']:.4f}" if last is not None else "–")
     cols[1].metric("Held-out accuracy", accuracy_text(snap),
@@ -127,33 +127,46 @@ def _headline(snap: RunSnapshot) -> None:
                    help=f"{charts.TRAFFIC_NOTE}." + (f" {format_bytes(traffic)} per step." if traffic else ""))
 
 
+def _chart(where, chart, **options) -> None:
+    """Draws a chart whose spec stays the same while rows are added (charts.live_spec), so a refresh updates
+    the drawn chart in the browser instead of drawing it anew."""
+    where.vega_lite_chart(spec=charts.live_spec(chart), **options)
+
+
 def draw_snapshot(snap: RunSnapshot) -> None:
+    """The run view. While an active run waits for its first step, the same layout stands with an empty loss
+    chart of the same spec: the first step's point is then new rows in a chart the browser has already drawn,
+    which is what makes it appear within a tick of reaching disk."""
     _header(snap)
-    if snap.train.empty:
-        st.info("Waiting for the first step: torchrun is starting the ranks (a few seconds on CPU).",
-                icon=":material/hourglass_top:")
-        if snap.active:
-            st.altair_chart(charts.waiting_loss_chart(), width="stretch")
-        _log(snap, expanded=snap.state == "failed")
-        return
+    waiting = snap.train.empty
+    notice = st.container()  # a slot of its own, so the elements below keep their place when it empties
+    if waiting:
+        notice.info("Waiting for the first step: torchrun is starting the ranks (a few seconds on CPU).",
+                    icon=":material/hourglass_top:")
+        if not snap.active:
+            _log(snap, expanded=snap.state == "failed")
+            return
     _headline(snap)
     cuda = snap.device == "cuda" and "cuda_allocated_bytes" in snap.latest
-    chart = dict(width="stretch")
+    stretch = dict(width="stretch")
 
     st.markdown("#### Loss")
     left, right = st.columns([2, 1]) if len(snap.evals) > 1 else (st.container(), None)
-    left.altair_chart(charts.loss_chart(snap.train), **chart)
+    _chart(left, charts.loss_chart(snap.train, ranks=range(int(snap.spec.get("nproc") or 1))), **stretch)
     if right is not None:
-        right.altair_chart(charts.accuracy_chart(snap.evals), **chart)
+        _chart(right, charts.accuracy_chart(snap.evals), **stretch)
     st.caption("Coloured lines: each rank's loss on its own slice of the global batch. Dashed black line: the mean over "
                "ranks, which is the loss of the whole global batch — the same for DDP and every ZeRO stage.")
+    if waiting:
+        _log(snap, expanded=False)
+        return
 
     st.markdown("#### Memory per rank")
     left, right = st.columns(2)
-    left.altair_chart(charts.memory_chart(snap.latest, cuda), **chart)
-    right.altair_chart(charts.memory_over_steps_chart(snap.train, cuda), **chart)
+    _chart(left, charts.memory_chart(snap.latest, cuda), **stretch)
+    _chart(right, charts.memory_over_steps_chart(snap.train, cuda), **stretch)
     st.caption(_state_share(snap.latest, cuda))
-    st.altair_chart(charts.phase_chart(snap.latest))
+    _chart(st, charts.phase_chart(snap.latest))
     if cuda:
         st.caption("On GPU the bars use CUDA allocated bytes; model-state bars are exact bytes of the tensors each rank holds.")
     else:
@@ -161,14 +174,16 @@ def draw_snapshot(snap: RunSnapshot) -> None:
 
     st.markdown("#### Communication")
     left, right = st.columns(2)
-    left.altair_chart(charts.comm_chart(snap.latest, snap.param_count, snap.bytes_per_element), **chart)
-    right.altair_chart(charts.cumulative_comm_chart(snap.train), **chart)
+    # Two layers with their own rows (bars per collective, a total per rank): drawn as it is. Its rows are the
+    # same from the second step on, so Streamlit's hashed dataset name, and with it the spec, stops changing.
+    left.altair_chart(charts.comm_chart(snap.latest, snap.param_count, snap.bytes_per_element), **stretch)
+    _chart(right, charts.cumulative_comm_chart(snap.train), **stretch)
     st.caption(COMM_CAPTION.format(bpe=snap.bytes_per_element))
 
     st.markdown("#### Speed")
     left, right = st.columns(2)
-    left.altair_chart(charts.throughput_chart(snap.train), **chart)
-    right.altair_chart(charts.step_time_chart(snap.train), **chart)
+    _chart(left, charts.throughput_chart(snap.train), **stretch)
+    _chart(right, charts.step_time_chart(snap.train), **stretch)
     _log(snap, expanded=snap.state == "failed")
 
 

@@ -8,11 +8,13 @@ that, so the value as typed goes to JobSpec and a bad one is refused under its f
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import uuid
 
 import streamlit as st
 
-from app import state
+from app import lesson_charts, state
 from app.cluster_commands import render_cluster_commands
 from app.run_data import runs_dir
 from engine import launcher, runstore, standby
@@ -125,6 +127,32 @@ def _session_id() -> str:
     return st.session_state.setdefault(state.SESSION_ID, uuid.uuid4().hex)
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _launch_prepared(model: str, size: str, dataset: str, _spec: JobSpec) -> threading.Thread:
+    """engine.launcher.prepare in a background thread, once per model and process (the spec rides along
+    unhashed: only its model matters to what is prepared)."""
+    thread = threading.Thread(target=_prepare_quietly, args=(_spec,), name="shardlab-launch-prepare", daemon=True)
+    thread.start()
+    return thread
+
+
+def _prepare_quietly(spec: JobSpec) -> None:
+    try:
+        launcher.prepare(spec)
+    except (SpecError, OSError):
+        pass  # only a head start: Launch runs the same check and shows what is wrong
+
+
+def prepare_launch() -> None:
+    """Gives Launch a head start while the form is read: torch imported and the model laid out for the memory
+    check (bench/bench_browser.py: the first Launch of a fresh server reached its first step 1.2 s later without)."""
+    try:
+        spec = JobSpec(**state.form_values())
+    except SpecError:
+        return
+    _launch_prepared(spec.model, spec.size, spec.dataset, spec)
+
+
 def keep_standby_warm() -> None:
     """Keeps one warm torchrun job of the form's shape (engine/standby.py), so Launch skips the cold start.
     Not while this session's run trains: its warm-up would take the cores from the run being watched."""
@@ -145,6 +173,35 @@ def keep_standby_warm() -> None:
         return  # the form shows the error on Launch; no standby for a shape that cannot run
     except OSError:  # a runs folder we cannot write: Launch reports it; the page must still render
         return
+
+
+PREVIEW_TITLE = "What each rank will hold: model state predicted for this model and rank count"
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _predicted_staircase(spec: dict) -> dict:
+    from engine.estimate import estimate_for_spec  # lays the model out on the meta device: imports torch
+
+    return lesson_charts.predicted_latest({s: estimate_for_spec({**spec, "strategy": s}) for s in STRATEGIES})
+
+
+def render_state_preview() -> None:
+    """The staircase the four strategies will climb down, predicted from the model's tensor shapes before any
+    run: the picture a class reads while the form is filled in. Drawing a chart here also has the browser
+    load its charting code before Launch, so the run's first loss point is not kept waiting for it."""
+    try:
+        spec = form_spec(state.form_values())
+    except SpecError:
+        return  # the form shows what is wrong
+    try:
+        predicted = _predicted_staircase(dataclasses.asdict(spec))
+    except (SpecError, ValueError):
+        return  # a model the estimator cannot lay out: Launch says why
+    st.altair_chart(lesson_charts.staircase_chart(predicted, title=PREVIEW_TITLE), width="stretch")
+    st.caption(f"Predicted by the estimator's exact mode (engine/estimate) from the tensor shapes of {spec.model} "
+               f"{spec.size} on {spec.nproc * spec.nnodes} ranks, {spec.precision}, {OPTIMIZER_HELP[spec.optimizer]}; "
+               f"a run measures the same bytes (the run view's memory panels). You picked "
+               f"**{STRATEGIES[spec.strategy]['label']}**.")
 
 
 def _field_error(field: str) -> None:
@@ -232,6 +289,7 @@ def render_train_form() -> None:
 
     _field_error("")
     keep_standby_warm()
+    prepare_launch()
     st.button("Launch", type="primary", icon=":material/rocket_launch:", key=state.LAUNCH_BUTTON,
               on_click=launch_from_form)
     render_cluster_commands(state.form_values())

@@ -66,6 +66,25 @@ def test_form_starts_with_a_first_run_that_trains_in_seconds(runs):
     assert at.button(key=state.LAUNCH_BUTTON)
 
 
+def test_the_form_shows_the_predicted_staircase_for_its_model_and_ranks(runs):
+    from app.train_form import PREVIEW_TITLE
+    from engine.estimate import estimate_for_spec
+
+    at = train_page()
+    (drawn,) = charts_by_title(at)[PREVIEW_TITLE]
+    per_rank = drawn.groupby(["strategy", "rank"])["bytes"].sum()
+    for strategy, label in (("ddp", "DDP"), ("zero3", "ZeRO-3")):
+        predicted = estimate_for_spec({**state.FIRST_RUN.__dict__, "strategy": strategy})
+        assert [per_rank[(label, f"rank {r}")] for r in range(state.FIRST_RUN.nproc)] == [
+            p.total_bytes for p in predicted]
+    assert per_rank[("DDP", "rank 0")] > per_rank[("ZeRO-3", "rank 0")]
+    at.number_input(key=state.FORM_FIELDS["nproc"]).set_value(4).run()
+    (drawn,) = charts_by_title(at)[PREVIEW_TITLE]
+    assert set(drawn["rank"]) == {f"rank {r}" for r in range(4)}, "the preview follows the form"
+    at.number_input(key=state.FORM_FIELDS["global_batch"]).set_value(30).run()
+    assert PREVIEW_TITLE not in charts_by_title(at), "no prediction for a spec the form refuses"
+
+
 def test_choosing_a_text_model_offers_only_text_data(runs):
     at = train_page()
     at.selectbox(key=state.FORM_FIELDS["model"]).set_value("gpt").run()
@@ -189,6 +208,24 @@ def test_active_run_shows_cancel_and_progress(runs):
     assert "step 40 of 100" in at.get("progress")[0].proto.text
     titles = charts_by_title(at)
     assert len(titles["Training loss"][0]) == 3 * 40
+
+
+def test_a_run_waiting_for_its_first_step_lays_out_the_loss_chart_its_first_step_fills(runs):
+    """The browser only adds rows to a chart whose spec is unchanged and at the same place; a new spec or
+    place is drawn from nothing (about a second on a busy machine), so the first point would wait for it."""
+    def loss_spec(at):
+        (element,) = [e for e in at.get("vega_lite_chart") if "Training loss" in e.proto.spec]
+        rows = sum(len(frame) for frame in charts_by_title(at)["Training loss"])
+        return element.proto.spec, rows
+
+    write_fixture_run(runs, "starting", steps=100, steps_done=0, state="running")
+    at = train_page(run="starting")
+    assert any("Waiting for the first step" in i.value for i in at.info)
+    waiting_spec, waiting_rows = loss_spec(at)
+    write_fixture_run(runs, "started", steps=100, steps_done=1, state="running")
+    started_spec, started_rows = loss_spec(train_page(run="started"))
+    assert (waiting_rows, started_rows) == (0, 3)
+    assert waiting_spec == started_spec
 
 
 @pytest.mark.torchrun

@@ -265,7 +265,27 @@ def test_on_gpu_other_is_cuda_allocated_minus_model_state():
     assert charts.memory_over_steps_chart(latest, cuda=True).to_dict()["title"] == "CUDA allocated per rank over steps"
 
 
-def test_the_waiting_loss_chart_is_an_empty_frame_that_is_not_the_training_loss():
-    chart = charts.waiting_loss_chart()
-    assert chart.data.empty and list(chart.data.columns) == ["step", "loss"]
-    assert "Training loss" not in str(chart.title)  # the browser test waits for the real one's first point
+def test_a_live_spec_is_the_same_from_the_empty_frame_to_the_last_step_and_carries_its_rows_apart():
+    """The browser redraws a chart from nothing when its spec changes; rows added under the same spec only
+    update it. The loss chart's spec must not change between the waiting frame, a first step logged by one
+    rank only, and a full run."""
+    train = frame("ddp")
+    specs = [charts.live_spec(charts.loss_chart(t, ranks=range(4)))
+             for t in (pd.DataFrame(), train[(train["step"] == 1) & (train["rank"] == 0)], train)]
+    rows = [spec.pop("datasets")[charts.LIVE_ROWS] for spec in specs]
+    assert [len(r) for r in rows] == [0, 2, len(charts.loss_frame(train))]
+    assert json.dumps(specs[0]) == json.dumps(specs[1]) == json.dumps(specs[2])
+    assert specs[0]["data"] == {"name": charts.LIVE_ROWS} and specs[0]["title"] == "Training loss"
+    assert "config" not in specs[0], "Streamlit draws Altair charts without Altair's default 300 px view"
+
+
+def test_every_live_chart_of_the_run_view_validates_with_its_rows_under_the_fixed_name():
+    snap_train = frame("zero3")
+    latest = latest_per_rank(snap_train)
+    for chart in (charts.loss_chart(snap_train), charts.memory_chart(latest), charts.memory_over_steps_chart(snap_train),
+                  charts.phase_chart(latest), charts.cumulative_comm_chart(snap_train),
+                  charts.throughput_chart(snap_train), charts.step_time_chart(snap_train)):
+        spec = charts.live_spec(chart)
+        assert spec["data"] == {"name": charts.LIVE_ROWS} and not spec["datasets"][charts.LIVE_ROWS].empty
+    with pytest.raises(TypeError):
+        charts.live_spec(charts.comm_chart(latest, 1000))  # two layers with rows of their own

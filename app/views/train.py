@@ -5,7 +5,7 @@ import streamlit as st
 from app import state
 from app.compare_view import compare_button
 from app.run_view import show_run
-from app.train_form import render_train_form
+from app.train_form import render_state_preview, render_train_form
 
 state.seed()
 st.title("Train")
@@ -23,3 +23,4 @@ else:
     with st.container(border=True):
         render_train_form()
         compare_button()
+    render_state_preview()
