@@ -141,9 +141,9 @@ class CommCounter:
     def _module_of(self, payload) -> str:
         """The module a collective serves, where it is known: a DDP bucket's modules, a parameter's owner, or the
         FSDP unit whose parameter group issued it (read from the caller's frames, on the logged step only)."""
-        bucket = getattr(_ddp_bucket, "label", None)
-        if bucket:
-            return bucket
+        bucket = getattr(_ddp_bucket, "current", None)
+        if bucket is not None:
+            return _ddp_bucket_label(*bucket)
         if isinstance(payload, torch.Tensor) and payload.data_ptr() in self._module_by_pointer:
             return self._module_by_pointer[payload.data_ptr()]
         frame = sys._getframe(2)
@@ -203,7 +203,12 @@ class NoCommCounter:
         return []
 
 
-_ddp_bucket = threading.local()  # the DDP bucket being all-reduced right now, for the collective log
+_ddp_bucket = threading.local()  # the DDP bucket being all-reduced right now, named for the collective log
+
+
+def _ddp_bucket_label(bucket, owners: dict[int, str]) -> str:
+    modules = dict.fromkeys(owners.get(p.data_ptr(), "?") for p in bucket.parameters())
+    return f"bucket {bucket.index()}: " + ", ".join(modules)
 
 
 def register_counting_ddp_hook(ddp_model) -> None:
@@ -214,13 +219,13 @@ def register_counting_ddp_hook(ddp_model) -> None:
     for name, param in ddp_model.module.named_parameters():
         owners[param.data_ptr()] = name.rsplit(".", 1)[0] if "." in name else "root"
 
-    def allreduce_labelled(state, bucket):
-        # default_hooks.allreduce_hook itself, with the bucket's modules named for the collective log.
-        modules = dict.fromkeys(owners.get(p.data_ptr(), "?") for p in bucket.parameters())
-        _ddp_bucket.label = f"bucket {bucket.index()}: " + ", ".join(modules)
+    def allreduce_with_bucket_known(state, bucket):
+        # default_hooks.allreduce_hook itself. The bucket is only remembered here: its modules are named when the
+        # collective log asks (one step of the run), since naming them on every step cost DDP ~2.5% step time.
+        _ddp_bucket.current = (bucket, owners)
         try:
             return default_hooks.allreduce_hook(state, bucket)
         finally:
-            _ddp_bucket.label = None
+            _ddp_bucket.current = None
 
-    ddp_model.register_comm_hook(state=None, hook=allreduce_labelled)
+    ddp_model.register_comm_hook(state=None, hook=allreduce_with_bucket_known)

@@ -56,27 +56,43 @@ def model_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     return {"params": params, "master": master, "grads": grads, "optimizer": state}
 
 
-class ModelStateMeter:
-    """model_state_bytes per phase, walked only while it can change. The tensors a phase leaves behind are the
-    same every step once gradients and optimizer state exist (storage is kept, never freed), so a phase is
-    walked every step until its figures have repeated STABLE_WALKS times, then every RECHECK_STEPS steps; a
-    recheck that differs re-arms walking every step. Each figure comes with the step it was walked at."""
+class SteadyFigure:
+    """When to measure a figure that stops changing once training reaches its steady state (the model state a
+    phase leaves behind, the bytes a forward saves for backward): at every chance until it has repeated
+    STABLE_WALKS times, then every RECHECK_STEPS steps; a recheck that differs re-arms measuring every time.
+    `latest` is the newest figure with the step it was measured at, which every record carries beside it."""
 
     STABLE_WALKS = 3
     RECHECK_STEPS = 10
 
+    def __init__(self):
+        self.latest: tuple[object, int] | None = None  # (figure, measured at step)
+        self._repeats = 0
+
+    def due(self, step: int) -> bool:
+        return (self.latest is None or self._repeats < self.STABLE_WALKS
+                or step - self.latest[1] >= self.RECHECK_STEPS)
+
+    def measured(self, figure, step: int) -> tuple[object, int]:
+        self._repeats = self._repeats + 1 if self.latest is not None and self.latest[0] == figure else 0
+        self.latest = (figure, step)
+        return self.latest
+
+
+class ModelStateMeter:
+    """model_state_bytes per phase, walked only while it can change (SteadyFigure): the tensors a phase leaves
+    behind are the same every step once gradients and optimizer state exist (storage is kept, never freed).
+    Each figure comes with the step it was walked at."""
+
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
-        self.phases: dict[str, tuple[dict[str, int], int, int]] = {}  # phase -> (bytes, walked at step, repeats)
+        self.phases: dict[str, SteadyFigure] = {}
 
     def measure(self, phase: str, step: int) -> tuple[dict[str, int], int]:
-        last = self.phases.get(phase)
-        if last and last[2] >= self.STABLE_WALKS and step - last[1] < self.RECHECK_STEPS:
-            return last[0], last[1]
-        state = model_state_bytes(self.model, self.optimizer)
-        repeats = last[2] + 1 if last and last[0] == state else 0
-        self.phases[phase] = (state, step, repeats)
-        return state, step
+        figure = self.phases.setdefault(phase, SteadyFigure())
+        if not figure.due(step):
+            return figure.latest
+        return figure.measured(model_state_bytes(self.model, self.optimizer), step)
 
 
 class ProcessMemory:

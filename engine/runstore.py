@@ -85,6 +85,10 @@ def mem_measured_step_key(phase: str) -> str:
     return f"mem/{phase}/measured_step"
 
 
+ACTIVATION_KEY = "activation_bytes"  # bytes autograd saved for backward in the forward of a train record's step
+ACTIVATION_MEASURED_STEP_KEY = "activation_measured_step"  # the step they were counted at (skipped while steady)
+
+
 def comm_calls_key(op: str) -> str:
     return f"comm/{op}/calls"
 
@@ -703,7 +707,7 @@ def summary(path: Path) -> dict:
                 "rss_bytes": rec.get("rss_bytes"),
                 "comm_bytes_per_step": {op: rec[comm_bytes_key(op)] for op in comm_ops(rec)},
                 "comm_wire_bytes_est_per_step": rec.get(COMM_WIRE_EST_KEY),
-                "activation_bytes": rec.get("activation_bytes"),  # saved for backward, last logged step
+                "activation_bytes": rec.get(ACTIVATION_KEY),  # saved for backward, counted at the step recorded beside it
                 **({"cuda_peak_allocated_bytes": rec["cuda_peak_allocated_bytes"]}
                    if "cuda_peak_allocated_bytes" in rec else {}),
             }

@@ -34,7 +34,7 @@ from engine import runstore
 from engine.budget import MemoryNeed, cap_cuda_memory
 from engine.comm import CommCounter, NoCommCounter
 from engine.data import global_batch_indices, load_dataset, rank_slice
-from engine.memory import DeviceMemory, ModelStateMeter, ProcessMemory, SavedActivations
+from engine.memory import DeviceMemory, ModelStateMeter, ProcessMemory, SavedActivations, SteadyFigure
 from engine.models import build_model, count_parameters
 from engine.registry import model_context
 from engine.spec import STRATEGIES, JobSpec
@@ -113,6 +113,7 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         cap_cuda_memory(device, spec.memory_budget_mb)
     cpu_budget_mb = spec.memory_budget_mb if device.type == "cpu" else 0
     saved_activations = SavedActivations()  # bytes kept for backward, counted on logged and measured steps only
+    activations_figure = SteadyFigure()  # ... and on logged steps only while the figure can still change
     need = MemoryNeed(
         unwrap(model), optimizer, shard_units, rank, cpu_budget_mb, saved_activations,
         on_over_budget=lambda record: metrics.write(kind=runstore.MEMORY_NEED, rank=rank, t=time.time(), over_budget=True,
@@ -162,7 +163,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         indices = rank_slice(global_batch_indices(step - 1, len(dataset), spec.global_batch, spec.seed), rank, world_size)
         x, y = on_device(*dataset.batch(indices), device, dtype)
         measuring = need is not None and step <= MEASURED_STEPS
-        saved_activations.start(enabled=(logging_step and spec.instrument) or measuring)
+        counting_activations = logging_step and spec.instrument and activations_figure.due(step)
+        saved_activations.start(enabled=counting_activations or measuring)
         if measuring:
             need.begin()
         comm.phase = "forward"
@@ -171,7 +173,9 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, -2), y.flatten())
-        activation_bytes = saved_activations.stop()
+        saved_bytes = saved_activations.stop()
+        if counting_activations:
+            activations_figure.measured(saved_bytes, step)
         if measuring:
             need.after("forward")  # reads the saved storages
         saved_activations.forget()
@@ -208,8 +212,8 @@ def train(spec, run_dir, rank, world_size, device, backend, metrics, should_stop
                 loss=loss.item(), step_time_s=step_time_s, samples_per_s=spec.global_batch / step_time_s,
                 rss_bytes=process_memory.rss_bytes(), peak_rss_bytes=process_memory.peak_rss_bytes(),
             )
-            if activation_bytes is not None:
-                record["activation_bytes"] = activation_bytes
+            if spec.instrument:
+                record[runstore.ACTIVATION_KEY], record[runstore.ACTIVATION_MEASURED_STEP_KEY] = activations_figure.latest
             record |= comm.step_metrics()
             with comm.paused():  # bookkeeping, not the strategy's traffic
                 record["loss_global"] = global_mean(loss.detach().float(), world_size)

@@ -170,6 +170,25 @@ def test_paper_ratios_hold_within_1_percent_where_padding_is_negligible(engine_r
         assert volume == pytest.approx(paper_multiple * psi_bytes, rel=0.01), (strategy, rank["rank"])
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_record_says_when_its_steady_figures_were_measured_and_they_hold_at_every_step(engine_runs, strategy):
+    """Model state and saved activations are measured only while they can change (engine.memory.SteadyFigure):
+    each train record carries the step its figure was measured at, never later than its own, and a figure
+    carried over is the one measured at that step."""
+    records = [r for r in runstore.read_metrics(engine_runs[(strategy, 2)]) if r["kind"] == "train"]
+    assert [r["step"] for r in records if r["rank"] == 0] == list(range(1, 21))  # logged every step
+    by_step = {(r["rank"], r["step"]): r for r in records}
+    skipped = 0
+    for r in records:
+        for figure, at_key in ((runstore.ACTIVATION_KEY, runstore.ACTIVATION_MEASURED_STEP_KEY),
+                               (runstore.mem_key("step", "params"), runstore.mem_measured_step_key("step"))):
+            at = r[at_key]
+            assert 1 <= at <= r["step"]
+            assert r[figure] == by_step[(r["rank"], at)][figure]
+            skipped += at < r["step"]
+    assert skipped > len(records), "most steps reuse a figure once it is steady: the point of the cadence"
+
+
 def test_cli_summary_prints_the_documented_fields(engine_runs):
     path = engine_runs[("zero3", 4)]
     out = subprocess.run(
