@@ -44,7 +44,8 @@ def one_repeat(page, url: str, runs: Path, folder: Path) -> dict:
     before = {r["run_id"] for r in runstore.list_runs(runs)}
     page.evaluate(WATCH_FIRST_POINT)
     launch.click()
-    page.wait_for_function("() => 'point' in window.__marks", timeout=240_000, polling=50)
+    page.wait_for_function("() => 'point' in window.__marks && 'progress' in window.__marks", timeout=240_000,
+                           polling=50)  # either may come first: the chart and the bar are separate elements
     marks = page.evaluate("() => window.__marks")
     (run_id,) = [r["run_id"] for r in runstore.list_runs(runs) if r["run_id"] not in before]
     warm = runstore.read_status(runs / run_id).get("warm_start") is True

@@ -185,7 +185,8 @@ def test_launch_with_defaults_draws_the_run_live(tmp_path):
                 clicked_wall = time.time()
                 launch.click()
 
-                page.wait_for_function("() => 'point' in window.__marks", timeout=240_000, polling=50)
+                page.wait_for_function("() => 'point' in window.__marks && 'progress' in window.__marks", timeout=240_000,
+                                       polling=50)  # either may come first: the chart and the bar are separate elements
                 marks = page.evaluate("() => window.__marks")
                 first_progress_s = marks["progress"] / 1000  # the server has read a first step from disk
                 first_point_s = marks["point"] / 1000
