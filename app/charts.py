@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from engine import runstore
@@ -45,6 +46,27 @@ PANEL_GAP_PX = 40  # padding between panels; the shared y axis is drawn once per
 # and the row's y axis with its title takes about 60 px. Six 2-rank runs came to 930 px without these.
 FACET_SPACING_PX = 20
 AXIS_PX = 60
+
+
+# A loss axis spans at least this much of the loss (or of 1, for a loss below 1). Flat curves (one step logged,
+# or runs that all sit at one value) give a zero-width domain, and Vega then draws one tick labelled with the
+# value rounded ('2' for 2.3026).
+LOSS_MIN_SPAN = 1e-3
+
+
+def loss_scale(losses: pd.Series) -> alt.Scale:
+    """A y scale fitted to the curves (not from zero) that never collapses to one tick: a span narrower than
+    LOSS_MIN_SPAN is widened about its middle, so the axis shows ticks above and below the curves."""
+    values = pd.to_numeric(pd.Series(losses), errors="coerce").astype(float)
+    values = values[np.isfinite(values)]  # NaN and a diverged run's inf draw no point
+    if values.empty:
+        return alt.Scale(zero=False)
+    low, high = float(values.min()), float(values.max())
+    middle = (low + high) / 2
+    floor = LOSS_MIN_SPAN * max(abs(middle), 1.0)
+    if high - low >= floor:
+        return alt.Scale(zero=False)
+    return alt.Scale(zero=False, domain=[middle - floor / 2, middle + floor / 2])
 
 
 def byte_axis(max_bytes: float, what: str) -> tuple[int, str]:
@@ -452,7 +474,7 @@ def compare_loss_chart(trains: dict[str, pd.DataFrame]) -> alt.Chart:
         alt.Chart(data, title="Loss (mean over ranks), runs overlaid")
         .mark_line(strokeWidth=2.5, opacity=0.85)
         .encode(x=alt.X("step:Q", title="step"),
-                y=alt.Y("loss:Q", title="loss (cross-entropy)", scale=alt.Scale(zero=False)),  # fit the curves
+                y=alt.Y("loss:Q", title="loss (cross-entropy)", scale=loss_scale(data["loss"])),  # fit the curves
                 color=alt.Color("run:N", title=None, scale=alt.Scale(domain=labels, range=_run_colors(labels)),
                                 legend=alt.Legend(orient="top", columns=1, labelLimit=400)),
                 strokeDash=alt.StrokeDash("run:N", legend=None),  # identical curves overlap: dashes show both

@@ -58,6 +58,6 @@ def render_cluster_commands(values: dict) -> None:
         with slurm:
             st.markdown("**Slurm**: `sbatch job.sbatch` (one torchrun per node, rendezvous on the first node)")
             script = slurm_script(spec, runs_dir().resolve(), REPO_ROOT)
-            st.code(script, language="bash", height=320)
+            st.code(script, language="bash", height=320, wrap_lines=True)  # no sideways scroll in a 1,280 px window
             st.download_button("job.sbatch", script, file_name="job.sbatch", mime="text/x-shellscript",
                                icon=":material/download:", key="cluster_script_download")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from app.charts import loss_scale
 from engine.compare import ORDER, PAPER_WEIGHT, traffic_psi
 from engine.runstore import mem_key
 from engine.sharding import CATEGORY_LABELS, PHASE_LABELS
@@ -55,7 +56,7 @@ def loss_overlay_chart(losses: dict[str, pd.DataFrame]) -> alt.Chart:
         .mark_line(strokeWidth=2.5)
         .encode(
             x=alt.X("step:Q", title="step"),
-            y=alt.Y("loss:Q", title="loss (mean over ranks)", scale=alt.Scale(zero=False)),
+            y=alt.Y("loss:Q", title="loss (mean over ranks)", scale=loss_scale(data["loss"])),
             color=alt.Color("strategy:N", title=None, scale=_strategy_scale(), legend=alt.Legend(orient="top")),
             strokeDash=alt.StrokeDash("strategy:N", scale=alt.Scale(domain=STRATEGY_ORDER,
                                       range=[[1, 0], [8, 4], [4, 4], [2, 3]]), legend=None),

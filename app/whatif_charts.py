@@ -1,4 +1,5 @@
-"""Chart builders of the What-if page: pure functions from the estimator's rows (in bytes) to Altair charts.
+"""Chart and table builders of the What-if page: pure functions from the estimator's rows (in bytes) to Altair charts
+and to the tables the page shows.
 
 Each chart converts bytes to one display unit (engine.units: binary GiB = 2^30, or the ZeRO paper's
 decimal GB) chosen from the bars themselves, and names it in the axis title. A GPU's capacity is drawn
@@ -9,8 +10,10 @@ small bars never shrink to nothing against an 80 GiB axis. No streamlit here.
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
+from engine.estimate import format_count
 from engine.units import display_unit, format_bytes, unit_note
 
 TERM_COLORS = {  # the estimator's term names -> colours shared with the run charts where they overlap
@@ -127,4 +130,65 @@ def predicted_vs_measured_chart(rows: pd.DataFrame) -> alt.Chart:
             tooltip=["rank:O", "category:N", "source:N", alt.Tooltip("bytes:Q", format=",")],
         )
         .properties(height=CHART_HEIGHT - 60, width=90)
+    )
+
+
+# ------------------------------------------------------------------------------ tables
+# One row per stage holds about twenty numbers: far wider than a 1,280 px window. The page shows the columns a
+# reader needs first (summary_table) and the whole breakdown turned so the stages are the columns (terms_by_stage).
+
+def stage_table(rows: list[dict], divisor: float, unit: str, ranks: int) -> pd.DataFrame:
+    """One row per stage (estimate.stage_rows, with capacity answers), every number in its unit, named in its label."""
+    size = lambda b: b / divisor
+    return pd.DataFrame(
+        {
+            "stage": r["stage"],
+            f"parameters ({unit})": size(r["params_bytes"]),
+            f"gradients ({unit})": size(r["grads_bytes"]),
+            f"optimizer state ({unit})": size(r["optimizer_bytes"]),
+            f"master weights ({unit})": size(r["master_bytes"]),
+            f"model states ({unit})": size(r["model_states_bytes"]),
+            f"gathered layers ({unit})": size(r["gathered_bytes"]),
+            f"activations ({unit})": size(r["activations_bytes"]),
+            f"overheads ({unit})": size(r["context_bytes"] + r["comm_buffers_bytes"] + r["reserve_bytes"]),
+            f"total per GPU ({unit})": size(r["total_bytes"]),
+            "total bytes": r["total_bytes"],
+            "model states bytes": r["model_states_bytes"],
+            f"offloaded per GPU ({unit})": size(r["cpu_bytes"]),
+            f"host per node ({unit})": size(r["host_bytes_per_node"]),
+            "fits": r["fits"],
+            "fits host": r["fits_host"],
+            "fewest GPUs that fit": "never" if r["min_ranks_to_fit"] is None else f"{r['min_ranks_to_fit']:,}",
+            f"largest model on {ranks:,} GPUs": format_count(r["max_params_to_fit"]),
+            "comm per step (elements)": r["comm_elements"],
+            "comm per step (bytes)": r["comm_bytes"],
+        }
+        for r in rows
+    )
+
+
+def summary_table(table: pd.DataFrame, unit: str) -> pd.DataFrame:
+    """The columns a reader needs first: the total, whether it fits, and the four parts that add up to it."""
+    return table[["stage", f"total per GPU ({unit})", "fits", f"model states ({unit})", f"gathered layers ({unit})",
+                  f"activations ({unit})", f"overheads ({unit})"]]
+
+
+def _cell(value) -> str:
+    """A breakdown cell written out: a stage column mixes bytes, display units, yes/no and words."""
+    if value is None:  # a question not asked (no host memory given)
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.3f}"
+    return str(value)
+
+
+def terms_by_stage(table: pd.DataFrame) -> pd.DataFrame:
+    """stage_table turned: one row per quantity (its unit in its label), one column per stage, cells as text."""
+    turned = table.set_index("stage").T
+    return pd.DataFrame(
+        {"quantity": turned.index, **{stage: [_cell(v) for v in turned[stage]] for stage in turned.columns}}
     )

@@ -336,6 +336,13 @@ def test_cluster_panel_refuses_an_out_of_range_shape_as_typed(runs, field, typed
     assert not at.code  # no script for a shape other than the one shown
 
 
+def test_cluster_panel_wraps_its_long_lines(runs):
+    """The Slurm script's lines run far past a 1,280 px window: wrapped, not scrolled sideways."""
+    at = train_page()
+    assert [c.proto.wrap_lines for c in at.code] == [True, True]  # the torchrun line and the Slurm script
+    assert max(len(line) for line in at.code[1].value.splitlines()) > 100  # long enough to need it
+
+
 def test_a_quiet_succeeded_runs_log_says_what_happened_not_empty(runs):
     """torchrun prints nothing for a clean run: the Log read '(empty)'."""
     write_fixture_run(runs, "quiet", steps=20, state="succeeded", log="")

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from app import charts
+from app.lesson_charts import loss_overlay_chart
 from app.run_data import (MetricsTail, RunSnapshot, downsample, failure_in_words, find_run, latest_per_rank, load_snapshot,
                           progress, runs_table, split_shutdown_noise)
 from tests.app_fixtures import CANCELLED_LOG_TAIL, train_record, write_fixture_run
@@ -219,6 +221,35 @@ def test_compare_loss_skips_runs_without_a_step_and_colours_runs_apart():
     assert len(set(spec["encoding"]["color"]["scale"]["range"])) == 3
     empty = charts.compare_loss_chart({"a": pd.DataFrame(), "b": pd.DataFrame()}).to_dict()
     assert not next(iter(empty["datasets"].values()))
+
+
+def losses_train(losses: list[float], nproc: int = 2) -> pd.DataFrame:
+    """rank, step, loss_global: every rank logs the same mean loss, step 1 onwards."""
+    return pd.DataFrame([{"rank": r, "step": s, "loss_global": loss} for r in range(nproc)
+                         for s, loss in enumerate(losses, start=1)])
+
+
+@pytest.mark.parametrize("build", [
+    lambda t: charts.compare_loss_chart({"a": t, "b": t}),  # Runs page, compare tab
+    lambda t: loss_overlay_chart({"ddp": t[t["rank"] == 0].rename(columns={"loss_global": "loss"}),
+                                  "zero3": t[t["rank"] == 0].rename(columns={"loss_global": "loss"})}),  # Compare page
+])
+def test_flat_loss_curves_get_an_axis_with_room_above_and_below(build):
+    """One logged step (or runs at one value) gave a zero-width y domain: Vega drew a single tick labelled '2' for a
+    loss of 2.3026. The axis now spans LOSS_MIN_SPAN of the loss about the curves (Vega's nice ticks then give
+    about ten ticks on it: checked with vl-convert and in Chromium)."""
+    for train in (losses_train([2.3026]), losses_train([2.3026] * 5), losses_train([0.01] * 3)):
+        loss = float(train["loss_global"].iloc[0])
+        low, high = build(train).to_dict()["encoding"]["y"]["scale"]["domain"]
+        assert low < loss < high and high - low == pytest.approx(charts.LOSS_MIN_SPAN * max(loss, 1.0))
+    descending = losses_train(list(np.linspace(2.3, 1.9, 20)))  # a real descent: fitted as before, no domain of ours
+    assert build(descending).to_dict()["encoding"]["y"]["scale"] == {"zero": False}
+
+
+def test_loss_scale_ignores_what_draws_no_point():
+    assert charts.loss_scale(pd.Series([2.5, float("nan"), float("inf")])).to_dict()["domain"] == pytest.approx(
+        [2.5 - 0.00125, 2.5 + 0.00125])
+    assert charts.loss_scale(pd.Series([], dtype=float)).to_dict() == {"zero": False}
 
 
 def test_shutdown_noise_of_a_cancel_is_set_apart():

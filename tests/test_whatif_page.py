@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -10,8 +11,9 @@ from streamlit.testing.v1 import AppTest
 from app.whatif_charts import BAR_TITLE as BAR
 from app.whatif_charts import COMPARE_TITLE as COMPARE
 from app.whatif_charts import LINE_TITLE as LINE
+from app.whatif_charts import stage_table, summary_table, terms_by_stage
 from tests.app_fixtures import charts_by_title, write_fixture_run
-from engine.estimate import GB, GIB, MIB, activations_for_spec, estimate_for_spec
+from engine.estimate import GB, GIB, MIB, Scenario, activations_for_spec, estimate_for_spec, stage_rows
 from engine.spec import JobSpec
 
 PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "whatif.py")
@@ -29,8 +31,27 @@ def page(runs) -> AppTest:
     return AppTest.from_file(PAGE, default_timeout=60).run()
 
 
+def summary(at):
+    """The compact table: one row per stage, the columns a reader needs first."""
+    return next(d.value for d in at.dataframe if "fits" in d.value.columns)
+
+
+def parse_cell(text: str):
+    if text in ("yes", "no"):
+        return text == "yes"
+    for kind in (int, float):
+        try:
+            return kind(text.replace(",", ""))
+        except ValueError:
+            pass
+    return text
+
+
 def table(at):
-    return next(d.value for d in at.dataframe if "total bytes" in d.value.columns)
+    """The full breakdown (one row per quantity, one column per stage) read back as one row per stage, each number
+    parsed from the text the page shows."""
+    turned = next(d.value for d in at.dataframe if "quantity" in d.value.columns)
+    return turned.set_index("quantity").T.map(parse_cell).rename_axis("stage").reset_index()
 
 
 def set_params(at, text: str, ranks: int) -> AppTest:
@@ -45,6 +66,39 @@ def no_overheads(at) -> AppTest:
     at.number_input(key="whatif_context_gib").set_value(0.0)
     at.number_input(key="whatif_reserve_pct").set_value(0)
     return at.run()
+
+
+def paper_7_5b_on_64(**kwargs) -> pd.DataFrame:
+    """Figure 1 of the ZeRO paper (7.5B, 64 GPUs), shown in GB, with an 80 GB A100's answers."""
+    rows = stage_rows(Scenario(7_500_000_000, 64, **kwargs), capacity_bytes=80 * GB)
+    return stage_table(rows, GB, "GB", 64)
+
+
+def test_summary_keeps_the_first_columns_and_its_parts_add_up_to_the_total():
+    table = paper_7_5b_on_64(activation_bytes=GIB)
+    compact = summary_table(table, "GB")
+    assert list(compact.columns) == ["stage", "total per GPU (GB)", "fits", "model states (GB)",
+                                     "gathered layers (GB)", "activations (GB)", "overheads (GB)"]
+    assert len(compact.columns) < len(table.columns) / 2  # the point: it fits beside an open sidebar
+    parts = compact[["model states (GB)", "gathered layers (GB)", "activations (GB)", "overheads (GB)"]].sum(axis=1)
+    assert list(parts) == pytest.approx(list(compact["total per GPU (GB)"]))
+    assert list(compact["total per GPU (GB)"]) == pytest.approx([120 + GIB / GB, 31.40625 + GIB / GB,
+                                                                 16.640625 + GIB / GB, 1.875 + GIB / GB])
+
+
+def test_terms_by_stage_turns_the_table_and_writes_every_number_out():
+    table = paper_7_5b_on_64()
+    turned = terms_by_stage(table)
+    assert list(turned.columns) == ["quantity", "DDP (stage 0)", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
+    assert list(turned["quantity"]) == list(table.columns[1:])  # every quantity, its unit in its label
+    row = turned.set_index("quantity")
+    assert list(row.loc["total bytes"]) == ["120,000,000,000", "31,406,250,000", "16,640,625,000", "1,875,000,000"]
+    assert list(row.loc["total per GPU (GB)"]) == ["120.000", "31.406", "16.641", "1.875"]
+    assert list(row.loc["fits"]) == ["no", "yes", "yes", "yes"]
+    assert list(row.loc["fewest GPUs that fit"]) == ["never", "2", "2", "2"]
+    assert list(row.loc["largest model on 64 GPUs"]) == ["5.0B", "19.1B", "36.1B", "320.0B"]  # 80 GB / 16 B, ...
+    assert list(row.loc["fits host"]) == [""] * 4  # no host memory given: no answer, not "None"
+    assert all(isinstance(v, str) for v in turned.drop(columns="quantity").to_numpy().ravel())  # one type a column
 
 
 def test_default_page_draws_every_stage(runs):
@@ -66,6 +120,9 @@ def test_figure_1_on_the_page_and_in_the_charts(runs):
     assert list(frame["total bytes"]) == [120 * GB, 31_406_250_000, 16_640_625_000, 1_875_000_000]
     assert [round(v, 1) for v in frame["total per GPU (GB)"]] == [120.0, 31.4, 16.6, 1.9]
     assert list(frame["fits"]) == [False, True, True, True]  # on an 80 GB A100
+    compact = summary(at)  # the first table: the same answers, fewer columns
+    assert list(compact["stage"]) == list(frame["stage"]) and list(compact["fits"]) == list(frame["fits"])
+    assert list(compact["total per GPU (GB)"]) == pytest.approx([b / GB for b in frame["total bytes"]])
 
     frames = charts_by_title(at)
     bars = next(f for f in frames[BAR] if "term" in f.columns)
@@ -87,7 +144,7 @@ def test_a_smaller_custom_gpu_changes_the_answers(runs):
     frame = table(at)
     assert list(frame["fits"]) == [False, False, False, True]
     # 12 GiB = 12.88 GB: the replicated 15 GB of ZeRO-2 never fits; ZeRO-3 needs 120 GB / 12.88 GB -> 10 GPUs.
-    assert list(frame["fewest GPUs that fit"]) == ["never", "never", "never", "10"]
+    assert list(frame["fewest GPUs that fit"]) == ["never", "never", "never", 10]
     assert [m.delta for m in at.metric] == ["does not fit"] * 3 + ["fits"]
 
 
@@ -242,7 +299,7 @@ def test_an_out_of_range_number_stays_as_typed_and_computes_nothing(runs, key, t
     at.number_input(key=key).set_value(typed).run()
     assert not at.exception
     assert at.number_input(key=key).value == typed  # kept as typed
-    assert not [d for d in at.dataframe if "total bytes" in d.value.columns]  # no estimate from a stale value
+    assert not [d for d in at.dataframe if {"fits", "quantity"} & set(d.value.columns)]  # no estimate from a stale value
     messages = [e.value for e in at.error]
     assert says in messages
     assert any(m.startswith("Numbers out of range in the sidebar") for m in messages)

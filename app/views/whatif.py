@@ -246,32 +246,9 @@ left, right = st.columns(2)
 left.altair_chart(charts.stage_bar_chart(terms, capacity_bytes, gpu_label, decimal), key="whatif_stage_chart")
 right.altair_chart(charts.ranks_line_chart(curve, capacity_bytes, gpu_label, decimal), key="whatif_ranks_chart")
 
-size = lambda b: b / divisor
-table = pd.DataFrame(
-    {
-        "stage": r["stage"],
-        f"parameters ({unit})": size(r["params_bytes"]),
-        f"gradients ({unit})": size(r["grads_bytes"]),
-        f"optimizer state ({unit})": size(r["optimizer_bytes"]),
-        f"master weights ({unit})": size(r["master_bytes"]),
-        f"gathered layers ({unit})": size(r["gathered_bytes"]),
-        f"activations ({unit})": size(r["activations_bytes"]),
-        f"overheads ({unit})": size(r["context_bytes"] + r["comm_buffers_bytes"] + r["reserve_bytes"]),
-        f"total per GPU ({unit})": size(r["total_bytes"]),
-        "total bytes": r["total_bytes"],
-        "model states bytes": r["model_states_bytes"],
-        f"offloaded per GPU ({unit})": size(r["cpu_bytes"]),
-        f"host per node ({unit})": size(r["host_bytes_per_node"]),
-        "fits": r["fits"],
-        "fits host": r["fits_host"],
-        "fewest GPUs that fit": "never" if r["min_ranks_to_fit"] is None else f"{r['min_ranks_to_fit']:,}",
-        f"largest model on {ranks:,} GPUs": est.format_count(r["max_params_to_fit"]),
-        "comm per step (elements)": r["comm_elements"],
-        "comm per step (bytes)": r["comm_bytes"],
-    }
-    for r in rows
-)
-st.dataframe(table, hide_index=True, key="whatif_table", column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if f"({unit})" in c})
+table = charts.stage_table(rows, divisor, unit, ranks)
+st.dataframe(charts.summary_table(table, unit), hide_index=True, key="whatif_table",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if f"({unit})" in c})
 st.caption(
     f"{unit_note(unit)}. Activations are not sharded by ZeRO: every GPU keeps the activations of its own micro-batch "
     "whatever the stage. Communication as the ZeRO paper counts it per GPU and step: 2Ψ for DDP, ZeRO-1 and ZeRO-2, "
@@ -280,6 +257,10 @@ st.caption(
     + (" PyTorch model: ZeRO-1 splits whole parameters and FSDP2 pads dim 0, so ranks differ; the busiest is shown."
        if memory_model == "pytorch" else "")
 )
+with st.expander("Every term per stage: exact bytes, offload, host memory, fewest GPUs, communication",
+                 icon=":material/table_rows:"):
+    st.dataframe(charts.terms_by_stage(table), hide_index=True, height="content", key="whatif_breakdown_table",
+                 column_config={stage: st.column_config.TextColumn(alignment="right") for stage in table["stage"]})
 
 # All three memory models, totals side by side (the PyTorch one only where shapes are known).
 compare_models = [m for m in est.MEMORY_MODELS if m != "pytorch" or has_shapes]
