@@ -36,6 +36,7 @@ OP_COLORS = {"all_reduce": "#4C78A8", "broadcast": "#54A24B", "all_gather": "#B2
 TRAFFIC_NOTE = "ZeRO paper convention: an all-reduce counts twice its payload"
 MEAN_LABEL = "mean over ranks"
 CHART_HEIGHT = 300
+STEP_AXIS = alt.Axis(tickMinStep=1, format="d")  # steps are whole: no "1.5" ticks while a run has few steps
 RANK_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#FF9DA6"]
 # Runs compared on one axis: distinct hues (Streamlit's own palette starts with two blues).
 RUN_COLORS = ["#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#17BECF"]
@@ -248,7 +249,7 @@ def loss_chart(train: pd.DataFrame, ranks: Sequence[int] | None = None) -> alt.C
         alt.Chart(data, title="Training loss")
         .mark_line(strokeWidth=2)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=STEP_AXIS),
             y=alt.Y("loss:Q", title="loss (cross-entropy)", scale=alt.Scale(zero=False)),
             color=series,
             # Field scales, not alt.condition: a dict channel costs Altair ~10 ms to wrap on every refresh.
@@ -268,7 +269,7 @@ def accuracy_chart(evals: pd.DataFrame) -> alt.Chart:
         alt.Chart(evals, title="Held-out accuracy")
         .mark_line(point=True, color="#54A24B")
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=STEP_AXIS),
             y=alt.Y("eval_accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("eval_accuracy:Q", format=".1%"), alt.Tooltip("eval_loss:Q", format=".4f")],
         )
@@ -307,7 +308,7 @@ def memory_over_steps_chart(train: pd.DataFrame, cuda: bool = False) -> alt.Char
         alt.Chart(data, title=f"{what} per rank over steps")
         .mark_line()
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=STEP_AXIS),
             # From zero: a 0.2 MiB wobble on 311 MiB must not look like growth.
             y=alt.Y("amount:Q", title=unit, scale=alt.Scale(zero=True)),
             color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=_rank_legend(data["rank"])),
@@ -411,7 +412,7 @@ def cumulative_comm_chart(train: pd.DataFrame) -> alt.Chart:
         alt.Chart(data, title=alt.Title("Cumulative traffic", subtitle=TRAFFIC_NOTE))
         .mark_line()
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=STEP_AXIS),
             y=alt.Y("amount:Q", title=unit),
             color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=_rank_legend(data["rank"])),
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("amount:Q", title=unit, format=",.2f"),
@@ -434,7 +435,7 @@ def throughput_chart(train: pd.DataFrame) -> alt.Chart:
     return (
         alt.Chart(data, title="Throughput (global samples/s)")
         .mark_line(color="#54A24B")
-        .encode(x=alt.X("step:Q", title="step"), y=alt.Y("samples_per_s:Q", title="samples/s"),
+        .encode(x=alt.X("step:Q", title="step", axis=STEP_AXIS), y=alt.Y("samples_per_s:Q", title="samples/s"),
                 tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("samples_per_s:Q", format=",.0f")])
         .properties(height=CHART_HEIGHT - 60)
     )
@@ -447,7 +448,7 @@ def step_time_chart(train: pd.DataFrame) -> alt.Chart:
     return (
         alt.Chart(data, title="Step time")
         .mark_line()
-        .encode(x=alt.X("step:Q", title="step"), y=alt.Y("step_time_ms:Q", title="ms per step"),
+        .encode(x=alt.X("step:Q", title="step", axis=STEP_AXIS), y=alt.Y("step_time_ms:Q", title="ms per step"),
                 color=alt.Color("rank:N", title=None, scale=_rank_colors(data["rank"]), legend=_rank_legend(data["rank"])),
                 tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("step:Q"), alt.Tooltip("step_time_ms:Q", format=",.1f")])
         .properties(height=CHART_HEIGHT - 60)
@@ -473,7 +474,7 @@ def compare_loss_chart(trains: dict[str, pd.DataFrame]) -> alt.Chart:
     return (
         alt.Chart(data, title="Loss (mean over ranks), runs overlaid")
         .mark_line(strokeWidth=2.5, opacity=0.85)
-        .encode(x=alt.X("step:Q", title="step"),
+        .encode(x=alt.X("step:Q", title="step", axis=STEP_AXIS),
                 y=alt.Y("loss:Q", title="loss (cross-entropy)", scale=loss_scale(data["loss"])),  # fit the curves
                 color=alt.Color("run:N", title=None, scale=alt.Scale(domain=labels, range=_run_colors(labels)),
                                 legend=alt.Legend(orient="top", columns=1, labelLimit=400)),

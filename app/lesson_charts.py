@@ -9,6 +9,7 @@ import altair as alt
 import pandas as pd
 
 from app.charts import loss_scale
+from app.charts import STEP_AXIS
 from engine.compare import ORDER, PAPER_WEIGHT, traffic_psi
 from engine.runstore import mem_key
 from engine.sharding import CATEGORY_LABELS, PHASE_LABELS
@@ -55,7 +56,7 @@ def loss_overlay_chart(losses: dict[str, pd.DataFrame]) -> alt.Chart:
         alt.Chart(data, title="Loss, four strategies overlaid")
         .mark_line(strokeWidth=2.5)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=STEP_AXIS),
             y=alt.Y("loss:Q", title="loss (mean over ranks)", scale=loss_scale(data["loss"])),
             color=alt.Color("strategy:N", title=None, scale=_strategy_scale(), legend=alt.Legend(orient="top")),
             strokeDash=alt.StrokeDash("strategy:N", scale=alt.Scale(domain=STRATEGY_ORDER,
@@ -88,13 +89,16 @@ def predicted_latest(per_strategy: dict) -> dict[str, pd.DataFrame]:
             for strategy, ranks in per_strategy.items()}
 
 
-def staircase_chart(latest: dict[str, pd.DataFrame],
-                    title: str = "Model state per rank (after the optimizer step)") -> alt.Chart:
-    """Model state per rank, DDP to ZeRO-3 left to right: the staircase."""
+def staircase_chart(latest: dict[str, pd.DataFrame], title: str = "Model state per rank (after the optimizer step)",
+                    chosen: str | None = None) -> alt.Chart:
+    """Model state per rank, DDP to ZeRO-3 left to right, a bar per rank: the staircase. With `chosen` (a
+    strategy key) the other strategies' bars are drawn faint."""
     data = staircase_frame(latest)
     divisor, unit = _unit(data.groupby(["strategy", "rank"])["bytes"].sum().max() if not data.empty else 0)
     data = data.assign(amount=data["bytes"] / divisor)
     categories = [c for c in CATEGORY_COLORS if c in set(data["category"])]
+    opacity = (alt.condition(alt.datum.strategy == LABELS[chosen], alt.value(1.0), alt.value(0.35))
+               if chosen else alt.value(1.0))
     return (
         alt.Chart(data, title=title)
         .mark_bar()
@@ -102,8 +106,9 @@ def staircase_chart(latest: dict[str, pd.DataFrame],
             x=alt.X("strategy:N", title=None, sort=STRATEGY_ORDER, axis=alt.Axis(labelAngle=0)),
             xOffset=alt.XOffset("rank:N"),
             y=alt.Y("amount:Q", title=f"bytes held, {unit}", stack="zero"),
-            color=alt.Color("category:N", title=None, legend=alt.Legend(orient="top", columns=4),
+            color=alt.Color("category:N", title=None, legend=alt.Legend(orient="right"),
                             scale=alt.Scale(domain=categories, range=[CATEGORY_COLORS[c] for c in categories])),
+            opacity=opacity,
             order=alt.Order("category:N"),
             tooltip=[alt.Tooltip("strategy:N"), alt.Tooltip("rank:N"), alt.Tooltip("category:N"),
                      alt.Tooltip("bytes:Q", format=",.0f")],

@@ -349,5 +349,13 @@ def escape_markdown(text: str) -> str:
 
 
 def metrics_csv(run_dir: Path) -> bytes:
-    """Every train record of the run (all ranks, all logged steps, not downsampled) as CSV."""
-    return runstore.metrics_frame(Path(run_dir)).to_csv(index=False).encode()
+    """Every train record of the run (all ranks, all logged steps, not downsampled) as CSV, with the held-out
+    evaluation (eval_loss, eval_accuracy) on the rows of the steps it ran at; a run evaluated at a step it did
+    not log (log_interval > 1) gets a row of its own for it."""
+    train = runstore.metrics_frame(Path(run_dir))
+    evals = runstore.metrics_frame(Path(run_dir), runstore.EVAL)
+    if not evals.empty:
+        evals = evals[["step", "rank", "eval_loss", "eval_accuracy"]]
+        train = evals if train.empty else train.merge(evals, on=["step", "rank"], how="outer")
+        train = train.sort_values(["step", "rank"], kind="stable")
+    return train.to_csv(index=False).encode()

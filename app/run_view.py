@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from app import charts, state
@@ -195,15 +196,18 @@ def _state_share(latest, cuda: bool) -> str:
     state_bytes, total_bytes = rank0[~other]["bytes"].sum(), rank0["bytes"].sum()
     if not total_bytes:
         return ""
+    walked = latest[latest["rank"] == latest["rank"].min()].iloc[0].get(runstore.mem_measured_step_key("step"))
+    when = (f" Model state was last walked at step {int(walked)}: the walk repeats only while it can change, every "
+            "step until it holds still, then every 10th." if pd.notna(walked) else "")
     return (f"On rank 0, model state is {state_bytes / 2**20:,.2f} MiB of {total_bytes / 2**20:,.1f} MiB "
             f"({state_bytes / total_bytes:.2%}; MiB = 2^20 bytes). The rest is PyTorch, the data and activations: "
-            "the panel below shows model state alone, phase by phase.")
+            f"the panel below shows model state alone, phase by phase.{when}")
 
 
 def _log(snap: RunSnapshot, expanded: bool) -> None:
     log, shutdown = split_shutdown_noise(snap.log, snap.state)
     with st.expander("Log (last lines of torchrun's output)", expanded=expanded):
-        st.code(log or quiet_log(snap), language=None)
+        st.code(log or quiet_log(snap), language=None, wrap_lines=True)
     if shutdown:
         with st.expander("Shutdown messages after cancel (expected: torchrun and gloo reporting the stop)"):
-            st.code(shutdown, language=None)
+            st.code(shutdown, language=None, wrap_lines=True)

@@ -191,17 +191,19 @@ def render_state_preview() -> None:
     load its charting code before Launch, so the run's first loss point is not kept waiting for it."""
     try:
         spec = form_spec(state.form_values())
-    except SpecError:
-        return  # the form shows what is wrong
-    try:
         predicted = _predicted_staircase(dataclasses.asdict(spec))
-    except (SpecError, ValueError):
-        return  # a model the estimator cannot lay out: Launch says why
-    st.altair_chart(lesson_charts.staircase_chart(predicted, title=PREVIEW_TITLE), width="stretch")
-    st.caption(f"Predicted by the estimator's exact mode (engine/estimate) from the tensor shapes of {spec.model} "
-               f"{spec.size} on {spec.nproc * spec.nnodes} ranks, {spec.precision}, {OPTIMIZER_HELP[spec.optimizer]}; "
-               f"a run measures the same bytes (the run view's memory panels). You picked "
-               f"**{STRATEGIES[spec.strategy]['label']}**.")
+    except (SpecError, ValueError) as error:
+        st.caption(f"No prediction of what each rank will hold for this form: {error}.")
+        return  # nothing launched; Launch shows the same reason under its field
+    st.altair_chart(lesson_charts.staircase_chart(predicted, title=PREVIEW_TITLE, chosen=spec.strategy),
+                    width="stretch")
+    ranks = spec.nproc * spec.nnodes
+    st.caption(
+        f"Predicted by the estimator's exact mode (engine/estimate) from the tensor shapes of {spec.model} {spec.size}, "
+        f"{spec.precision}, {OPTIMIZER_HELP[spec.optimizer]}: one bar per rank, rank 0 to rank {ranks - 1} from left "
+        f"to right; your pick, **{STRATEGIES[spec.strategy]['label']}**, in full colour. A run measures the same bytes "
+        "(the run view's memory panels). ZeRO-2 here is FSDP2 keeping the full parameters between steps: each rank "
+        "holds them for compute, plus its own shard that the optimizer updates (the master shard), in fp32 too.")
 
 
 def _field_error(field: str) -> None:

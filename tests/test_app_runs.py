@@ -69,6 +69,9 @@ def test_metrics_csv_holds_every_train_record(runs):
     run = write_fixture_run(runs, "a-ddp", strategy="ddp", nproc=2, steps=12)
     table = pd.read_csv(io.BytesIO(metrics_csv(run)))
     assert len(table) == 24 and {"step", "rank", "loss", "mem/step/params_bytes", "comm/all_reduce/bytes"} <= set(table)
+    # The held-out evaluation is in the file too, on the rows of the step it ran at (the fixture's last).
+    evaluated = table.dropna(subset=["eval_accuracy"])
+    assert evaluated["step"].tolist() == [12, 12] and evaluated["eval_accuracy"].tolist() == [0.91, 0.91]
 
 
 def compare(runs, *ids) -> AppTest:

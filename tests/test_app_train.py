@@ -83,6 +83,8 @@ def test_the_form_shows_the_predicted_staircase_for_its_model_and_ranks(runs):
     assert set(drawn["rank"]) == {f"rank {r}" for r in range(4)}, "the preview follows the form"
     at.number_input(key=state.FORM_FIELDS["global_batch"]).set_value(30).run()
     assert PREVIEW_TITLE not in charts_by_title(at), "no prediction for a spec the form refuses"
+    (why,) = [c.value for c in at.caption if c.value.startswith("No prediction")]
+    assert "not divisible" in why and not (runs.exists() and any(runs.iterdir())), "said why; launched nothing"
 
 
 def test_choosing_a_text_model_offers_only_text_data(runs):
