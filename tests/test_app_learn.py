@@ -145,3 +145,25 @@ def test_the_stage_table_fits_a_1280_px_window(tmp_path, monkeypatch):
     config = {name: c for name, c in json.loads(table.proto.columns).items() if name != "_index"}  # hidden index
     assert set(config) == set(table.value.columns)  # every column has a width
     assert sum(c["width"] for c in config.values()) <= 820
+
+
+SECTIONS = ["Who holds what, when", "Memory and traffic per rank", "Common misconceptions"]
+
+
+@pytest.mark.parametrize("key, typed, broken", [
+    ("learn_map_ranks", 0, "Who holds what, when"),
+    ("learn_psi", 0.0, "Memory and traffic per rank"),
+    ("learn_n", 0, "Memory and traffic per rank"),
+])
+def test_a_bad_number_stops_only_its_own_section(tmp_path, monkeypatch, key, typed, broken):
+    """Ranks 0 blanked every section below it (st.stop), the misconceptions included."""
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    at.number_input(key=key).set_value(typed).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.number_input(key=key).value == typed  # its message; the typed value kept
+    assert [s.value for s in at.subheader] == SECTIONS
+    assert "converges faster" in " ".join(m.value for m in at.markdown)  # the misconceptions still render
+    map_drawn = "Who holds what after forward" in charts_by_title(at)
+    table_drawn = len(at.dataframe) == 1
+    assert (map_drawn, table_drawn) == (broken != SECTIONS[0], broken != SECTIONS[1])
