@@ -11,7 +11,7 @@ from app import lesson_charts, state
 from app.compare_view import map_controls
 from app.run_data import runs_dir
 from engine import runstore
-from engine.compare import ENGINE_PAYLOAD_PSI, ORDER, engine_traffic_psi
+from engine.compare import ENGINE_PAYLOAD_PSI, ORDER, PAPER_WEIGHT, engine_traffic_psi
 from engine.estimate import MAX_PARAMS, MAX_RANKS, bytes_per_param, comm_volume, estimate_model_states
 from engine.registry import MODELS
 from engine.sharding import map_for_phase
@@ -20,8 +20,31 @@ from engine.spec import STRATEGIES
 state.seed_lessons()
 LABELS = {s: STRATEGIES[s]["label"] for s in ORDER}
 LEARN_TABLE_PX = {"stage": 58, "bytes per parameter": 134, "GB per rank (10^9 bytes)": 154, "traffic per step": 96,
-                  "what PyTorch sends here": 222, "measured (last compare)": 150}  # 814 of 820 px
+                  "what PyTorch sends here": 292, "measured": 80}  # 814 of 820 px; 'sends' needs 286 for ZeRO-1
+LEARN_TABLE_HELP = {"measured": "Traffic per step per rank measured in the newest 'Compare all four' group "
+                                "(Compare page), counted as the paper counts it.",
+                    "what PyTorch sends here": "The collectives ShardLab's PyTorch recipe issues per step, each of "
+                                               "payload Ψ; an all-reduce counts twice its payload."}
 OPS = {"all_reduce": "all-reduce", "broadcast": "broadcast", "all_gather": "all-gather", "reduce_scatter": "reduce-scatter"}
+
+
+
+def psi_text(units: float) -> str:
+    return "Ψ" if units == 1 else f"{units:g}Ψ"
+
+
+def sends_text(strategy: str) -> str:
+    """What PyTorch's recipe sends per step, each collective counted as the paper counts it, so the sum reads:
+    'all-reduce Ψ = 2Ψ' read as wrong arithmetic; an all-reduce of Ψ counts twice (a reduce-scatter + an all-gather)."""
+    terms = [(f"{OPS[op]} of Ψ" if k == 1 else f"{k} {OPS[op]}s of Ψ", PAPER_WEIGHT.get(op, 1) * k)
+             for op, k in ENGINE_PAYLOAD_PSI[strategy].items()]
+    total = psi_text(engine_traffic_psi(strategy))
+    if len(terms) == 1:
+        what, counted = terms[0]
+        return f"{what} (counted twice: {total})" if counted > 1 else f"{what} = {total}"
+    weighted = any(PAPER_WEIGHT.get(op, 1) > 1 for op in ENGINE_PAYLOAD_PSI[strategy])
+    return " + ".join(f"{what} ({psi_text(counted)})" if weighted else what for what, counted in terms) + f" = {total}"
+
 
 st.title("Learn: DDP and the three ZeRO stages")
 st.markdown(
@@ -85,15 +108,14 @@ def memory_and_traffic(groups: list[dict]) -> None:
         replicated, sharded = bytes_per_param(stage, "bf16", "adam")
         states = estimate_model_states(psi, int(n), stage, "bf16", "adam")
         paper = comm_volume(psi, stage, "bf16")
-        ops = " + ".join(f"{OPS[op]} {k if k > 1 else ''}Ψ" for op, k in ENGINE_PAYLOAD_PSI[strategy_name].items())
         table.append({
             "stage": LABELS[strategy_name],
             "bytes per parameter": f"{replicated} + {sharded}/N" if sharded and replicated else
                                    (f"{sharded}/N" if sharded else f"{replicated}"),
             "GB per rank (10^9 bytes)": round(states.total_bytes / 1e9, 2),
             "traffic per step": f"{paper['elements'] / psi:g}Ψ",
-            "what PyTorch sends here": f"{ops} = {engine_traffic_psi(strategy_name):g}Ψ",
-            "measured (last compare)": f"{measured[strategy_name]:.2f}Ψ" if strategy_name in measured else "–",
+            "what PyTorch sends here": sends_text(strategy_name),
+            "measured": f"{measured[strategy_name]:.2f}Ψ" if strategy_name in measured else "–",
         })
     frame = pd.DataFrame(table)
     chart = (
@@ -108,7 +130,8 @@ def memory_and_traffic(groups: list[dict]) -> None:
     )
     st.altair_chart(chart, width="stretch")
     # Widths that fit the main column of a 1,280 px window (the last column ran off its right edge).
-    st.dataframe(frame, hide_index=True, column_config={name: st.column_config.Column(width=px) for name, px in LEARN_TABLE_PX.items()})
+    st.dataframe(frame, hide_index=True, column_config={name: st.column_config.Column(width=px, help=LEARN_TABLE_HELP.get(name))
+                                                        for name, px in LEARN_TABLE_PX.items()})
     st.caption("Mixed-precision Adam, the ZeRO paper's setting (engine.estimate.estimate_model_states and comm_volume); "
                "Ψ = 7.5 billion on N = 64 ranks is the paper's Figure 1. Traffic uses the paper's convention: an "
                "all-reduce counts twice its payload (a reduce-scatter plus an all-gather). **ZeRO-1 in PyTorch** "
