@@ -267,6 +267,10 @@ def compare_median_step_time(train: pd.DataFrame) -> float:
     return float(rank0.iloc[1:].median() if len(rank0) > 1 else rank0.median())
 
 
+FADED_NOTE = ("Faded bars: ranks that went over the budget and stopped; a rank measures its need in each phase and "
+              "records it before it stops, so the bar is what it needed up to the phase that went over. ")
+
+
 def _memory_wall(data: GroupData) -> None:
     needs = data.needs()
     if not needs:
@@ -280,6 +284,7 @@ def _memory_wall(data: GroupData) -> None:
         "Each bar is what one rank measured it needs in its fullest phase of the first two steps: exact bytes of its "
         "parameters, gradients and optimizer state, the activations saved for backward, and (ZeRO-3) one layer "
         "gathered in full while it computes. "
+        + (FADED_NOTE if any(n.get("over_budget") for ranks in needs.values() for n in ranks) else "")
         + (f"The red line is the per-rank budget on {where}: a rank above it stops with 'rank r needs X MiB, "
            "budget Y MiB'. Same model, same budget: only the strategy decides who fits." if budget else
            "Give a run a memory budget (memory_budget_mb) to draw the wall.")

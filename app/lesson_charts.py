@@ -28,6 +28,10 @@ PHASE_COLORS = {"forward": "#DCE9F5", "backward": "#FBE3D0", "optimizer": "#DDF0
 NEED_PARTS = {"model_state_bytes": "model state", "activation_bytes": "saved activations",
               "gathered_bytes": "gathered unit (ZeRO-3)"}
 NEED_COLORS = ["#4C78A8", "#BAB0AC", "#B279A2"]
+# A rank over its budget writes its need and then stops (engine.budget.MemoryNeed): its bar is drawn faded, and
+# the legend says why, so a faded bar never reads as a measurement of a run that trained.
+WALL_OUTCOMES = {False: "within the budget", True: "over the budget: the run stopped (need measured before it stopped)"}
+WALL_OPACITY = {False: 1.0, True: 0.45}
 HEIGHT = 260
 
 
@@ -325,8 +329,9 @@ def wall_frame(needs: dict[str, list[dict]]) -> pd.DataFrame:
             for key, label in NEED_PARTS.items():
                 rows.append({"strategy": LABELS[strategy], "rank": f"rank {entry['rank']}", "part": label,
                              "bytes": float(entry["parts"][phase][key]), "phase": PHASE_LABELS[phase],
-                             "over_budget": bool(entry.get("over_budget"))})
-    return pd.DataFrame(rows, columns=["strategy", "rank", "part", "bytes", "phase", "over_budget"])
+                             "over_budget": bool(entry.get("over_budget")),
+                             "outcome": WALL_OUTCOMES[bool(entry.get("over_budget"))]})
+    return pd.DataFrame(rows, columns=["strategy", "rank", "part", "bytes", "phase", "over_budget", "outcome"])
 
 
 def memory_wall_chart(needs: dict[str, list[dict]], budget_bytes: int) -> alt.LayerChart:
@@ -335,15 +340,20 @@ def memory_wall_chart(needs: dict[str, list[dict]], budget_bytes: int) -> alt.La
     top = max(data.groupby(["strategy", "rank"])["bytes"].sum().max() if not data.empty else 0, budget_bytes)
     divisor, unit = _unit(top)
     data = data.assign(amount=data["bytes"] / divisor)
+    outcomes = [o for o in WALL_OUTCOMES if o in set(data["over_budget"])]
+    faded = True in outcomes  # a legend only when a bar is faded: one entry 'fits' alone explains nothing
     x = alt.X("strategy:N", title=None, sort=STRATEGY_ORDER, axis=alt.Axis(labelAngle=0))
     bars = alt.Chart(data).mark_bar().encode(
         x=x, xOffset=alt.XOffset("rank:N"),
         y=alt.Y("amount:Q", title=f"needed on the device, {unit}", stack="zero"),
         color=alt.Color("part:N", title=None, legend=alt.Legend(orient="top"),
                         scale=alt.Scale(domain=list(NEED_PARTS.values()), range=NEED_COLORS)),
-        opacity=alt.Opacity("over_budget:N", scale=alt.Scale(domain=[False, True], range=[1.0, 0.55]), legend=None),
+        opacity=alt.Opacity("outcome:N", title=None, scale=alt.Scale(domain=[WALL_OUTCOMES[o] for o in outcomes],
+                                            range=[WALL_OPACITY[o] for o in outcomes]),
+                            legend=alt.Legend(orient="bottom", labelLimit=480, symbolFillColor=NEED_COLORS[0])
+                            if faded else None),
         tooltip=[alt.Tooltip("strategy:N"), alt.Tooltip("rank:N"), alt.Tooltip("part:N"), alt.Tooltip("phase:N"),
-                 alt.Tooltip("bytes:Q", format=",.0f"), alt.Tooltip("over_budget:N")],
+                 alt.Tooltip("bytes:Q", format=",.0f"), alt.Tooltip("outcome:N")],
     )
     if budget_bytes <= 0:
         return alt.layer(bars).properties(height=HEIGHT + 40, title="Memory each rank needs")

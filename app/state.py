@@ -120,6 +120,7 @@ WHATIF_KEYS = {
 
 # ---- Compare view and Learn page (classroom lessons): which group of runs is open, the map's choices.
 COMPARE_GROUP = "compare_group"  # the group of runs the Compare page shows (also in the URL as ?group=)
+COMPARE_URL_GROUP = "compare_url_group"  # the ?group= the Compare page last wrote or obeyed: a new one is a link
 COMPARE_ERROR = "compare_error"  # why the last "Compare all four" click launched nothing
 COMPARE_LAST_LAUNCH = "compare_last_launch"  # {"kind", "spec", "group_id", "runs"}: a double click starts one group
 MAP_STRATEGY = "map_strategy"  # sharding map: which strategy
@@ -129,6 +130,7 @@ LEARN_MAP_RANKS = "learn_map_ranks"  # Learn page: ranks in the estimator's shar
 
 def seed_lessons() -> None:
     st.session_state.setdefault(COMPARE_GROUP, None)
+    st.session_state.setdefault(COMPARE_URL_GROUP, None)
     st.session_state.setdefault(COMPARE_ERROR, "")
     st.session_state.setdefault(COMPARE_LAST_LAUNCH, None)
     st.session_state.setdefault(MAP_STRATEGY, "zero3")

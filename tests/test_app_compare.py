@@ -78,3 +78,32 @@ def test_a_group_whose_run_was_deleted_or_damaged_draws_the_rest(tmp_path, monke
     (warning,) = [w.value for w in at.warning if w.value.startswith("DDP cannot be drawn")]
     assert says in warning
     assert [m.value for m in at.markdown if m.value.startswith("**ZeRO-3**")]  # the readable member is drawn
+
+
+@pytest.mark.parametrize("button, kind", [("compare_wall", "memory_wall"), ("compare_launch", "compare")])
+def test_a_launch_switches_the_page_to_its_new_group(launches, tmp_path, button, kind):
+    """With a group already shown (its id in the URL), a new launch started its runs but the page kept showing the
+    old group: the URL's ?group= won over the callback's choice on the rerun."""
+    shown = runstore.write_group({"zero3": write_fixture_run(tmp_path, "old-zero3", strategy="zero3").name}, tmp_path)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["group"] = shown  # a link or a reload brought the old group
+    at.run()
+    assert at.selectbox(key=state.COMPARE_GROUP).value == shown
+    at.button(key=button).click().run()
+    assert not at.exception
+    new = at.session_state[state.COMPARE_LAST_LAUNCH]["group_id"]
+    assert [k for k, _ in launches] == [kind] and new != shown
+    assert at.selectbox(key=state.COMPARE_GROUP).value == new
+    assert [m.value for m in at.markdown if m.value.startswith("**DDP**")]  # the new group's runs are drawn
+    at.run()  # a later rerun (the live view's timer) keeps the new group
+    assert at.selectbox(key=state.COMPARE_GROUP).value == new
+
+
+def test_a_group_in_the_url_is_opened(launches, tmp_path):
+    """The Learn page's evidence links and the Train page's button open ?group=<id>, not the newest group."""
+    older = runstore.write_group({"zero3": write_fixture_run(tmp_path, "a-zero3", strategy="zero3").name}, tmp_path)
+    runstore.write_group({"zero3": write_fixture_run(tmp_path, "b-zero3", strategy="zero3").name}, tmp_path)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["group"] = older
+    at.run()
+    assert at.selectbox(key=state.COMPARE_GROUP).value == older

@@ -36,7 +36,7 @@ def test_learn_map_labels_shards_from_the_estimator(tmp_path, monkeypatch):
     text = " ".join(m.value for m in at.markdown)
     assert "converges faster" in text and "Compare page" in text  # no compare group yet: where to find evidence
     table = at.dataframe[0].value.set_index("stage")
-    assert table.loc["ZeRO-1", "what PyTorch sends here"] == "all-reduce Ψ + broadcast Ψ = 3Ψ"
+    assert table.loc["ZeRO-1", "what PyTorch sends here"] == "all-reduce of Ψ (2Ψ) + broadcast of Ψ (Ψ) = 3Ψ"
 
 
 def test_misconceptions_link_to_the_latest_compare(tmp_path, monkeypatch):
@@ -145,3 +145,42 @@ def test_the_stage_table_fits_a_1280_px_window(tmp_path, monkeypatch):
     config = {name: c for name, c in json.loads(table.proto.columns).items() if name != "_index"}  # hidden index
     assert set(config) == set(table.value.columns)  # every column has a width
     assert sum(c["width"] for c in config.values()) <= 820
+    # Chromium draws this column's text at about 5.8 px a character (37 characters took 212 px at 1,280 px), plus
+    # 16 px of padding: at 222 px the ZeRO-1 row was cut off at 'broadcast of Ψ'.
+    sends = table.value["what PyTorch sends here"]
+    assert config["what PyTorch sends here"]["width"] >= 5.8 * sends.str.len().max() + 16
+
+
+SECTIONS = ["Who holds what, when", "Memory and traffic per rank", "Common misconceptions"]
+
+
+@pytest.mark.parametrize("key, typed, broken", [
+    ("learn_map_ranks", 0, "Who holds what, when"),
+    ("learn_psi", 0.0, "Memory and traffic per rank"),
+    ("learn_n", 0, "Memory and traffic per rank"),
+])
+def test_a_bad_number_stops_only_its_own_section(tmp_path, monkeypatch, key, typed, broken):
+    """Ranks 0 blanked every section below it (st.stop), the misconceptions included."""
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    at.number_input(key=key).set_value(typed).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.number_input(key=key).value == typed  # its message; the typed value kept
+    assert [s.value for s in at.subheader] == SECTIONS
+    assert "converges faster" in " ".join(m.value for m in at.markdown)  # the misconceptions still render
+    map_drawn = "Who holds what after forward" in charts_by_title(at)
+    table_drawn = len(at.dataframe) == 1
+    assert (map_drawn, table_drawn) == (broken != SECTIONS[0], broken != SECTIONS[1])
+
+
+def test_what_pytorch_sends_reads_as_right_arithmetic(tmp_path, monkeypatch):
+    """'all-reduce Ψ = 2Ψ' and 'all-reduce Ψ + broadcast Ψ = 3Ψ' read as wrong sums: say the all-reduce counts twice."""
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    sends = at.dataframe[0].value.set_index("stage")["what PyTorch sends here"].to_dict()
+    assert sends == {
+        "DDP": "all-reduce of Ψ (counted twice: 2Ψ)",
+        "ZeRO-1": "all-reduce of Ψ (2Ψ) + broadcast of Ψ (Ψ) = 3Ψ",
+        "ZeRO-2": "reduce-scatter of Ψ + all-gather of Ψ = 2Ψ",
+        "ZeRO-3": "2 all-gathers of Ψ + reduce-scatter of Ψ = 3Ψ",
+    }

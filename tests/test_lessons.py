@@ -248,3 +248,53 @@ def test_the_compare_pages_button_launches_the_lesson_spec_not_the_forms(tmp_pat
     page.button(key="compare_launch").click().run()
     assert launched == [compare.LESSON_SPEC] and state.FIRST_RUN != compare.LESSON_SPEC
     assert not page.exception
+
+
+def _need(rank: int, over_budget: bool, model_state: int) -> dict:
+    parts = {"forward": {"model_state_bytes": model_state, "activation_bytes": 1000, "gathered_bytes": 0}}
+    return {"rank": rank, "need_bytes": {"forward": model_state + 1000}, "parts": parts,
+            "need_max_bytes": model_state + 1000, "over_budget": over_budget}
+
+
+WALL_NEEDS = {"ddp": [_need(0, True, 9 * MIB), _need(1, True, 9 * MIB)],
+              "zero3": [_need(0, False, 2 * MIB), _need(1, False, 2 * MIB)]}
+
+
+def test_the_memory_wall_says_what_a_faded_bar_means():
+    """DDP's bars were drawn faded with no legend entry while the caption said each bar is what a rank measured."""
+    from app.lesson_charts import WALL_OUTCOMES, memory_wall_chart
+
+    spec = memory_wall_chart(WALL_NEEDS, 6 * MIB).to_dict()
+    (bars,) = [layer for layer in spec["layer"] if layer["mark"] in ("bar", {"type": "bar"})]
+    opacity = bars["encoding"]["opacity"]
+    assert opacity["legend"] is not None and opacity["field"] == "outcome"
+    faded = dict(zip(opacity["scale"]["domain"], opacity["scale"]["range"]))
+    assert faded[WALL_OUTCOMES[True]] < faded[WALL_OUTCOMES[False]] == 1.0
+    assert "stopped" in WALL_OUTCOMES[True] and "measured before" in WALL_OUTCOMES[True]
+    # Nothing faded, nothing to explain: no legend of one entry.
+    calm = memory_wall_chart({"zero3": WALL_NEEDS["zero3"]}, 6 * MIB).to_dict()
+    (bars,) = [layer for layer in calm["layer"] if layer["mark"] in ("bar", {"type": "bar"})]
+    assert bars["encoding"]["opacity"]["legend"] is None
+
+
+def test_the_wall_caption_explains_faded_bars(tmp_path, monkeypatch):
+    from engine.spec import JobSpec
+    from tests.app_fixtures import write_fixture_run
+
+    monkeypatch.setenv("SHARDLAB_RUNS_DIR", str(tmp_path))
+    st.cache_resource.clear()
+    runs = {}
+    for strategy, run_state in (("ddp", "failed"), ("zero3", "succeeded")):
+        run = write_fixture_run(tmp_path, f"wall-{strategy}", strategy=strategy, state=run_state)
+        JobSpec(strategy=strategy, nproc=2, steps=20, memory_budget_mb=6).save(run / "spec.json")
+        for need in WALL_NEEDS[strategy]:
+            with open(run / "metrics" / f"rank{need['rank']}.jsonl", "a") as f:
+                f.write(json.dumps({"kind": runstore.MEMORY_NEED, "t": 0, **need}) + "\n")
+        runs[strategy] = run.name
+    page = AppTest.from_file(str(ROOT / "app" / "views" / "compare.py"), default_timeout=60)
+    page.query_params["group"] = runstore.write_group(runs, tmp_path, kind="memory_wall")
+    page.run()
+    assert not page.exception
+    (caption,) = [c.value for c in page.caption if c.value.startswith("Each bar is what one rank measured")]
+    assert "Faded bars: ranks that went over the budget and stopped" in caption
+    assert "records it before it stops" in caption

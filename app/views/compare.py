@@ -13,8 +13,11 @@ state.seed_lessons()
 st.title("Compare: DDP and ZeRO, side by side")
 
 from_url = st.query_params.get("group")
-if from_url:
+# The URL opens a group when it brings a new one (a link, the Train page's button) or the page has none; a ?group=
+# this page wrote itself must not undo a launch button's or the list's newer choice on the next rerun.
+if from_url and (from_url != st.session_state[state.COMPARE_URL_GROUP] or not st.session_state[state.COMPARE_GROUP]):
     st.session_state[state.COMPARE_GROUP] = from_url
+    st.session_state[state.COMPARE_URL_GROUP] = from_url
 groups = runstore.list_groups(runs_dir())
 ids = [g["group_id"] for g in groups]
 kinds = {g["group_id"]: g.get("kind", "compare") for g in groups}
@@ -36,7 +39,7 @@ right.button("Memory wall demo", icon=":material/block:", key="compare_wall", on
 if st.session_state[state.COMPARE_ERROR]:
     st.error(st.session_state[state.COMPARE_ERROR], icon=":material/error:")
 if group_id:
-    st.query_params["group"] = group_id
+    st.query_params["group"] = st.session_state[state.COMPARE_URL_GROUP] = group_id
     show_group(group_id)
 else:
     st.info("Press **Compare all four**: four real torchrun jobs start, one per strategy, on the same model, data "
