@@ -110,6 +110,10 @@ def _rank_scale(ranks) -> alt.Scale:
 
 
 LIVE_ROWS = "rows"  # the one dataset name every live chart's spec refers to (live_spec)
+# Width fits the column, height is the plot's own: under Streamlit's default ("fit" both ways) a legend on top
+# takes its height from the plot, and two charts side by side, one with a legend, got plots of unequal height
+# (the step-time plot beside throughput shrank to a 90 px strip).
+PLOT_HEIGHT_FIXED = {"type": "fit-x", "contains": "padding"}
 ALTAIR_THEME_VIEW = ("continuousWidth", "continuousHeight")  # Altair's default theme; Streamlit draws without it
 
 
@@ -133,6 +137,8 @@ def live_spec(chart: alt.TopLevelMixin) -> dict:
         spec["config"].pop("view", None)
         if not spec["config"]:
             del spec["config"]
+    if "facet" not in spec:  # a facet chart keeps its natural size; Streamlit lays it out as content
+        spec.setdefault("autosize", PLOT_HEIGHT_FIXED)
     spec["datasets"] = {LIVE_ROWS: chart.data}
     return spec
 
@@ -383,7 +389,8 @@ def comm_chart(latest: pd.DataFrame, param_count: int | None, bytes_per_element:
         x=alt.X("rank:N", sort=None), y=alt.Y("amount:Q"), text=alt.Text("label:N")
     )
     return alt.layer(bars, labels).properties(
-        title=alt.Title("Traffic per step, by collective", subtitle=TRAFFIC_NOTE), height=CHART_HEIGHT
+        title=alt.Title("Traffic per step, by collective", subtitle=TRAFFIC_NOTE), height=CHART_HEIGHT,
+        autosize=alt.AutoSizeParams(**PLOT_HEIGHT_FIXED),  # as live_spec's charts: its neighbour's plot height
     )
 
 

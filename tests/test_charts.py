@@ -308,6 +308,9 @@ def test_a_live_spec_is_the_same_from_the_empty_frame_to_the_last_step_and_carri
     assert json.dumps(specs[0]) == json.dumps(specs[1]) == json.dumps(specs[2])
     assert specs[0]["data"] == {"name": charts.LIVE_ROWS} and specs[0]["title"] == "Training loss"
     assert "config" not in specs[0], "Streamlit draws Altair charts without Altair's default 300 px view"
+    # The plot keeps its height whatever the legend takes, so charts side by side have plots of one height.
+    assert specs[0]["autosize"] == {"type": "fit-x", "contains": "padding"}
+    assert "autosize" not in charts.live_spec(charts.phase_chart(latest_per_rank(train))), "a facet keeps its size"
 
 
 def test_every_live_chart_of_the_run_view_validates_with_its_rows_under_the_fixed_name():
