@@ -271,11 +271,15 @@ NOT_EVALUATED = "skipped"  # short: a metric tile at a quarter of the page shows
 
 
 def accuracy_text(snap: RunSnapshot) -> str:
-    """The held-out accuracy headline: the newest value, 'after eval' while one is still to come, else 'skipped'
-    (a cancelled or failed run will never evaluate)."""
+    """The held-out accuracy headline: the newest value; while the first is still to come, the step it comes
+    at ('at step 20'); else 'skipped' (a cancelled or failed run will never evaluate)."""
     if not snap.evals.empty:
         return f"{snap.evals['eval_accuracy'].iloc[-1]:.1%}"
-    return "after eval" if snap.active else NOT_EVALUATED
+    if not snap.active:
+        return NOT_EVALUATED
+    total, every = snap.total_steps, snap.spec.get("eval_interval") or 0
+    coming = min(total, (snap.steps_done // every + 1) * every) if isinstance(every, int) and every > 0 else total
+    return f"at step {coming}" if coming else "–"
 
 
 def _range(values: list) -> str:

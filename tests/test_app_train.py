@@ -321,7 +321,10 @@ def test_a_cancelled_run_reads_as_a_cancel(runs):
 
 def test_a_running_run_still_promises_its_evaluation(runs):
     write_fixture_run(runs, "live", steps=100, steps_done=12, state="running")
-    assert [m.value for m in train_page(run="live").metric][1] == "after eval"
+    assert [m.value for m in train_page(run="live").metric][1] == "at step 100"  # evaluated after the last step
+    spec = json.loads((runs / "live" / "spec.json").read_text())
+    (runs / "live" / "spec.json").write_text(json.dumps({**spec, "eval_interval": 20}))
+    assert [m.value for m in train_page(run="live").metric][1] == "at step 20"
 
 
 @pytest.mark.parametrize("field, typed, says", [("nnodes", 2000, "Choose 1 to 1024 (got 2,000)."),
