@@ -306,7 +306,7 @@ def traffic_psi(summary: dict) -> float | None:
 
 
 # Column widths that fit the 820 px main column of a 1,280 px window (the note, when any, takes what is left).
-TABLE_WIDTHS_PX = {"run": 166, "status": 74, "strategy": 58, "ranks": 44, "model": 70, "steps": 52, "loss": 58,
+TABLE_WIDTHS_PX = {"run": 150, "status": 74, "strategy": 58, "ranks": 44, "model": 80, "steps": 62, "loss": 58,
                    "accuracy": 62, "traffic": 62, "model state": 90, "peak RSS": 78, "note": 240}
 
 
@@ -336,7 +336,8 @@ def runs_table(summaries: list[dict]) -> pd.DataFrame:
             "model": f"{spec.get('model')} {spec.get('size')}",
             "steps": f"{s.get('steps_done', 0)}/{spec.get('steps')}",
             "loss": s.get("final_loss"),
-            "accuracy": s.get("eval_accuracy"),
+            # In percent, so the column shows one decimal for every run (Streamlit's "percent" format varies).
+            "accuracy": 100 * s["eval_accuracy"] if isinstance(s.get("eval_accuracy"), (int, float)) else None,
             "traffic": traffic_psi(s),
             "model state": _range([r["model_state_bytes"]["total"] for r in per_rank]),
             "peak RSS": _range([r.get("peak_rss_bytes") for r in per_rank]),

@@ -170,7 +170,7 @@ def test_runs_table_rows(tmp_path):
     table = runs_table([runstore.summary(run)])
     row = table.iloc[0]
     assert (row["run"], row["status"], row["strategy"], row["ranks"]) == ("r", "succeeded", "ZeRO-3", 4)
-    assert row["accuracy"] == 0.91 and row["traffic"] == pytest.approx(3.0)
+    assert row["accuracy"] == pytest.approx(91.0) and row["traffic"] == pytest.approx(3.0)  # percent
     # ZeRO-3 shards everything: every rank holds 16Ψ/4 bytes (one value, not a range).
     assert row["model state"] == "35.5 KiB" and "note" not in table
     unreadable = runs_table([{"run_id": "x", "state": "unreadable", "error": "status.json: not UTF-8"}]).iloc[0]

@@ -22,7 +22,8 @@ st.dataframe(
     column_config={
         **{name: st.column_config.Column(width=px) for name, px in TABLE_WIDTHS_PX.items()},
         "loss": st.column_config.NumberColumn(format="%.4f", width=TABLE_WIDTHS_PX["loss"], help="Loss of the newest step (mean over ranks)"),
-        "accuracy": st.column_config.NumberColumn(format="percent", width=TABLE_WIDTHS_PX["accuracy"]),
+        "accuracy": st.column_config.NumberColumn(format="%.1f%%", width=TABLE_WIDTHS_PX["accuracy"],
+                                                  help="Held-out accuracy of the newest evaluation, in percent"),
         "traffic": st.column_config.NumberColumn(format="%.2f Ψ", width=TABLE_WIDTHS_PX["traffic"],
                                                       help=f"Rank 0's traffic per step in units of Ψ ({charts.TRAFFIC_NOTE})"),
         "model state": st.column_config.TextColumn(width=TABLE_WIDTHS_PX["model state"],
