@@ -13,7 +13,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from engine.estimate import format_count
+from engine.estimate import MAX_RANKS, format_count
 from engine.units import display_unit, format_bytes, unit_note
 
 TERM_COLORS = {  # the estimator's term names -> colours shared with the run charts where they overlap
@@ -109,6 +109,13 @@ def ranks_line_chart(
     rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor)
     chart = (lines + rule) if rule is not None else lines
     return chart.properties(title=_title(LINE_TITLE, subtitle), padding=TITLE_PADDING)
+
+
+def curve_ranks(ranks: int, most: int = MAX_RANKS) -> list[int]:
+    """The N the line chart draws: powers of two up to 4N (at least 1,024) and N itself, never past the most the
+    estimator takes (a curve to 4 x 400,000 GPUs rounded up asked it for 1,048,576 and blanked the page)."""
+    top = min(max(ranks * 4, 1024), most)
+    return sorted({2**k for k in range(top.bit_length())} | {ranks})
 
 
 def predicted_vs_measured_chart(rows: pd.DataFrame) -> alt.Chart:

@@ -11,9 +11,9 @@ from streamlit.testing.v1 import AppTest
 from app.whatif_charts import BAR_TITLE as BAR
 from app.whatif_charts import COMPARE_TITLE as COMPARE
 from app.whatif_charts import LINE_TITLE as LINE
-from app.whatif_charts import stage_table, summary_table, terms_by_stage
+from app.whatif_charts import curve_ranks, stage_table, summary_table, terms_by_stage
 from tests.app_fixtures import charts_by_title, write_fixture_run
-from engine.estimate import GB, GIB, MIB, Scenario, activations_for_spec, estimate_for_spec, stage_rows
+from engine.estimate import GB, GIB, MAX_RANKS, MIB, Scenario, activations_for_spec, estimate_for_spec, stage_rows
 from engine.spec import JobSpec
 
 PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "whatif.py")
@@ -303,3 +303,22 @@ def test_an_out_of_range_number_stays_as_typed_and_computes_nothing(runs, key, t
     messages = [e.value for e in at.error]
     assert says in messages
     assert any(m.startswith("Numbers out of range in the sidebar") for m in messages)
+
+
+@pytest.mark.parametrize("nodes", [50_000, 100_000, 125_000])  # 400,000 / 800,000 / 1,000,000 GPUs: all valid
+def test_a_valid_cluster_near_the_limit_draws_its_curve_up_to_the_limit(runs, nodes):
+    """The curve went to 4N rounded to a power of two: 400,000 GPUs asked for 1,048,576 and blanked the page with a
+    number nobody typed."""
+    at = page(runs)
+    at.number_input(key="whatif_nodes").set_value(nodes).run()
+    assert not at.exception and not at.error
+    assert table(at) is not None
+    curve = pd.concat(charts_by_title(at)[LINE])
+    assert curve["ranks"].max() <= MAX_RANKS and nodes * 8 in set(curve["ranks"])
+
+
+def test_curve_ranks_stop_at_the_estimators_limit_and_keep_n():
+    assert curve_ranks(8) == [2**k for k in range(11)]  # 1 ... 1,024
+    assert curve_ranks(3000) == sorted({2**k for k in range(14)} | {3000})  # up to 4N = 12,000 -> 8,192
+    assert curve_ranks(400_000)[-2:] == [400_000, 524_288]  # 4N = 1.6M is past the limit: cut there
+    assert curve_ranks(MAX_RANKS)[-1] == MAX_RANKS and max(curve_ranks(MAX_RANKS)[:-1]) == 524_288

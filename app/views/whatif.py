@@ -20,7 +20,6 @@ SOURCES = ("Published architecture", "ShardLab model (exact)", "Parameter count"
 MEMORY_MODEL_LABELS = {"paper": "ZeRO paper", "deepspeed": "DeepSpeed runtime", "pytorch": "PyTorch (FSDP2, exact)"}
 CUSTOM_GPU = "Custom capacity"
 UNITS = ("GiB (2^30 bytes)", "GB (1e9 bytes, the ZeRO paper's)")
-CURVE_POINTS = 21  # N = 1, 2, 4, ... 2^20 at most
 
 
 out_of_range: list[str] = []  # messages for numbers typed outside their range; the page computes nothing then
@@ -207,8 +206,7 @@ try:
     scenario = scenario_for(memory_model)
     rows = est.stage_rows(scenario, capacity_bytes)
     terms = pd.DataFrame(est.stage_terms(scenario))
-    curve_ranks = sorted({2**k for k in range(CURVE_POINTS) if 2**k <= max(ranks * 4, 1024)} | {ranks})
-    curve = pd.DataFrame(est.ranks_curve(scenario, curve_ranks))
+    curve = pd.DataFrame(est.ranks_curve(scenario, charts.curve_ranks(ranks)))
 except ValueError as err:
     st.error(str(err), icon=":material/error:")
     st.stop()
