@@ -13,13 +13,15 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from app.charts import CATEGORY_COLORS  # the run charts' model-state colours: one definition for the whole app
 from engine.estimate import MAX_RANKS, format_count
+from engine.runstore import CATEGORY_LABELS  # the estimator's and the run's category keys -> the names charts show
 from engine.units import display_unit, format_bytes, unit_note
 
-TERM_COLORS = {  # the estimator's term names -> colours shared with the run charts where they overlap
-    "parameters": "#4C78A8",
-    "gradients": "#F58518",
-    "optimizer state": "#E45756",
+TERM_COLORS = {  # the estimator's term names -> colours, the run charts' where they overlap
+    "parameters": CATEGORY_COLORS["parameters"],
+    "gradients": CATEGORY_COLORS["gradients"],
+    "optimizer state": CATEGORY_COLORS["optimizer state"],
     "master weights": "#72B7B2",
     "gathered layers (ZeRO-3)": "#9D755D",
     "activations": "#54A24B",
@@ -34,6 +36,7 @@ RULE_SCALE = 3  # draw the capacity rule when it is at most this many times the 
 BAR_TITLE = "Memory per GPU by stage"
 LINE_TITLE = "Memory per GPU vs GPUs"
 COMPARE_TITLE = "Model state per rank: predicted vs measured"
+NO_VALUE = "–"  # a cell with no number: not measured, or a percentage of 0 predicted bytes
 
 
 TITLE_PADDING = {"top": 12, "left": 5, "right": 5, "bottom": 5}  # room above the title: Streamlit crops a flush one
@@ -119,20 +122,26 @@ def curve_ranks(ranks: int, most: int = MAX_RANKS) -> list[int]:
 
 
 def predicted_vs_measured_chart(rows: pd.DataFrame) -> alt.Chart:
-    """Per rank and category, predicted beside measured bytes (columns of estimate.compare_with_measured)."""
+    """Per rank and category, predicted beside measured bytes (columns of estimate.compare_with_measured), in the
+    run charts' category names and colours."""
     frame = rows[rows["category"] != "total"].melt(
         id_vars=["rank", "category"], value_vars=["predicted_bytes", "measured_bytes"], var_name="source", value_name="bytes"
     )
     frame["source"] = frame["source"].map({"predicted_bytes": "predicted", "measured_bytes": "measured"})
+    frame["category"] = frame["category"].map(CATEGORY_LABELS)
+    order = [c for c in CATEGORY_COLORS if c in set(frame["category"])]
+    frame["order"] = frame["category"].map(order.index)
     divisor, unit = display_unit(max([*frame["bytes"].fillna(0).tolist(), 1]))
     frame["value"] = frame["bytes"] / divisor
     return (
         alt.Chart(frame, title=COMPARE_TITLE)
         .mark_bar()
         .encode(
-            x=alt.X("source:N", title=None),
+            x=alt.X("source:N", title=None, sort=["predicted", "measured"]),
             y=alt.Y("value:Q", stack="zero", title=f"bytes ({unit_note(unit)})"),
-            color=alt.Color("category:N", title="category"),
+            color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
+                            legend=alt.Legend(orient="top", labelLimit=400)),
+            order=alt.Order("order:Q"),
             column=alt.Column("rank:O", title="rank"),
             tooltip=["rank:O", "category:N", "source:N", alt.Tooltip("bytes:Q", format=",")],
         )
@@ -198,4 +207,35 @@ def terms_by_stage(table: pd.DataFrame) -> pd.DataFrame:
     turned = table.set_index("stage").T
     return pd.DataFrame(
         {"quantity": turned.index, **{stage: [_cell(v) for v in turned[stage]] for stage in turned.columns}}
+    )
+
+
+def _bytes_cell(value) -> str:
+    return NO_VALUE if value is None or pd.isna(value) else f"{int(value):,}"
+
+
+def _percent_cell(value, digits: int) -> str:
+    return NO_VALUE if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def compare_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """estimate.compare_with_measured's rows as the page shows them: the run charts' category names, headers with
+    their units, numbers written out and a dash where there is none (not measured; a percentage of 0 bytes)."""
+    return pd.DataFrame({
+        "rank": rows["rank"],
+        "category": rows["category"].map({**CATEGORY_LABELS, "total": "total"}),
+        "predicted (bytes)": [_bytes_cell(v) for v in rows["predicted_bytes"]],
+        "measured (bytes)": [_bytes_cell(v) for v in rows["measured_bytes"]],
+        "difference (bytes)": [_bytes_cell(v) for v in rows["difference_bytes"]],
+        "difference (%)": [_percent_cell(v, 4) for v in rows["difference_pct"]],
+    })
+
+
+def activations_table(predicted_bytes: int, measured: list[tuple[int, int | None]]) -> pd.DataFrame:
+    """Per rank (rank, measured bytes or None), the predicted activation bytes beside the measured, as compare_table
+    writes them."""
+    return pd.DataFrame(
+        {"rank": rank, "predicted (bytes)": _bytes_cell(predicted_bytes), "measured (bytes)": _bytes_cell(got),
+         "difference (%)": NO_VALUE if got is None else _percent_cell(100.0 * (got - predicted_bytes) / predicted_bytes, 2)}
+        for rank, got in measured
     )

@@ -11,7 +11,8 @@ from streamlit.testing.v1 import AppTest
 from app.whatif_charts import BAR_TITLE as BAR
 from app.whatif_charts import COMPARE_TITLE as COMPARE
 from app.whatif_charts import LINE_TITLE as LINE
-from app.whatif_charts import curve_ranks, stage_table, summary_table, terms_by_stage
+from app.whatif_charts import (activations_table, compare_table, curve_ranks, predicted_vs_measured_chart, stage_table,
+                               summary_table, terms_by_stage)
 from tests.app_fixtures import charts_by_title, write_fixture_run
 from engine.estimate import GB, GIB, MAX_RANKS, MIB, Scenario, activations_for_spec, estimate_for_spec, stage_rows
 from engine.spec import JobSpec
@@ -206,16 +207,61 @@ def test_predicted_beside_measured_for_a_finished_run(runs):
     at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()  # mlp/tiny on digits
     assert at.selectbox(key="whatif_run").value == "fixture-zero1"
     assert at.selectbox(key="whatif_run").options == ["fixture-zero1 — zero1, 2 ranks, fp32"]
-    compared = next(d.value for d in at.dataframe if "measured_bytes" in d.value.columns)
+    shown = next(d.value for d in at.dataframe if "measured (bytes)" in d.value.columns)
+    assert list(shown.columns) == ["rank", "category", "predicted (bytes)", "measured (bytes)", "difference (bytes)",
+                                   "difference (%)"]
+    assert list(shown["category"][:5]) == ["parameters", "master params (ZeRO-2 shards)", "gradients",
+                                           "optimizer state", "total"]  # as the run charts name them
+    compared = shown.map(lambda v: parse_cell(v) if isinstance(v, str) else v)
     assert len(compared) == 2 * 5  # ranks x (params, master, grads, optimizer, total)
     predicted = estimate_for_spec(JobSpec(strategy="zero1", nproc=2))
-    assert list(compared[compared["category"] == "total"]["predicted_bytes"]) == [p.total_bytes for p in predicted]
+    totals = compared[compared["category"] == "total"]
+    assert list(totals["predicted (bytes)"]) == [p.total_bytes for p in predicted]
     # The fixture follows the idealised formula (optimizer 2 x 4Ψ/N, no step tensors, even split), so it differs.
-    diffs = compared.set_index(["rank", "category"])["difference_bytes"]
-    assert diffs[(0, "params")] == 0 and diffs[(0, "optimizer")] != 0
-    row = compared.set_index(["rank", "category"]).loc[(0, "optimizer")]
-    assert row["difference_pct"] == pytest.approx(100 * row["difference_bytes"] / row["predicted_bytes"])
+    rows = compared.set_index(["rank", "category"])
+    assert rows.loc[(0, "parameters"), "difference (bytes)"] == 0
+    row = rows.loc[(0, "optimizer state")]
+    assert row["difference (bytes)"] != 0
+    assert row["difference (%)"] == pytest.approx(100 * row["difference (bytes)"] / row["predicted (bytes)"], abs=1e-4)
+    # ZeRO-1 keeps no master shard: 0 predicted, 0 measured, a percentage of nothing is undefined, not 'None'.
+    master = shown.set_index(["rank", "category"]).loc[(0, "master params (ZeRO-2 shards)")]
+    assert master["predicted (bytes)"] == "0" and master["difference (%)"] == "–"
+    assert "None" not in shown.to_string()
     assert COMPARE in charts_by_title(at)
+
+
+def test_compare_table_writes_missing_and_undefined_cells_as_a_dash():
+    rows = pd.DataFrame([
+        {"rank": 0, "category": "params", "predicted_bytes": 1000, "measured_bytes": 1010, "difference_bytes": 10,
+         "difference_pct": 1.0},
+        {"rank": 0, "category": "master", "predicted_bytes": 0, "measured_bytes": 0, "difference_bytes": 0,
+         "difference_pct": None},
+        {"rank": 0, "category": "grads", "predicted_bytes": 1000, "measured_bytes": None, "difference_bytes": None,
+         "difference_pct": None},
+    ])
+    shown = compare_table(rows)
+    assert shown.to_dict("records") == [
+        {"rank": 0, "category": "parameters", "predicted (bytes)": "1,000", "measured (bytes)": "1,010",
+         "difference (bytes)": "10", "difference (%)": "1.0000"},
+        {"rank": 0, "category": "master params (ZeRO-2 shards)", "predicted (bytes)": "0", "measured (bytes)": "0",
+         "difference (bytes)": "0", "difference (%)": "–"},
+        {"rank": 0, "category": "gradients", "predicted (bytes)": "1,000", "measured (bytes)": "–",
+         "difference (bytes)": "–", "difference (%)": "–"},
+    ]
+
+
+def test_predicted_vs_measured_chart_uses_the_run_charts_category_colours():
+    from app.charts import CATEGORY_COLORS
+
+    rows = pd.DataFrame(
+        {"rank": 0, "category": c, "predicted_bytes": 8, "measured_bytes": 8, "difference_bytes": 0, "difference_pct": 0.0}
+        for c in ("params", "master", "grads", "optimizer", "total")
+    )
+    scale = predicted_vs_measured_chart(rows).to_dict()["encoding"]["color"]["scale"]
+    assert dict(zip(scale["domain"], scale["range"])) == {
+        "parameters": "#4C78A8", "master params (ZeRO-2 shards)": CATEGORY_COLORS["master params (ZeRO-2 shards)"],
+        "gradients": "#F58518", "optimizer state": "#E45756",
+    }
 
 
 def test_published_models_are_estimated_without_importing_torch(tmp_path):
@@ -280,9 +326,20 @@ def test_activations_predicted_beside_measured(runs):
     at = page(runs)
     at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()
     at.selectbox(key="whatif_model").set_value("gpt").run()
-    acts = next(d.value for d in at.dataframe if "predicted_bytes" in d.value.columns and "category" not in d.value.columns)
-    assert list(acts["predicted_bytes"]) == [want, want] and list(acts["measured_bytes"]) == [int(want * 1.01)] * 2
-    assert acts["difference_pct"].round(1).tolist() == [1.0, 1.0]
+    acts = next(d.value for d in at.dataframe
+                if "predicted (bytes)" in d.value.columns and "category" not in d.value.columns)
+    assert list(acts.columns) == ["rank", "predicted (bytes)", "measured (bytes)", "difference (%)"]
+    assert list(acts["predicted (bytes)"]) == [f"{want:,}"] * 2
+    assert list(acts["measured (bytes)"]) == [f"{int(want * 1.01):,}"] * 2
+    assert [round(float(p), 1) for p in acts["difference (%)"]] == [1.0, 1.0]
+
+
+def test_activations_table_writes_an_unmeasured_rank_as_a_dash():
+    shown = activations_table(1000, [(0, 1010), (1, None)])
+    assert shown.to_dict("records") == [
+        {"rank": 0, "predicted (bytes)": "1,000", "measured (bytes)": "1,010", "difference (%)": "1.00"},
+        {"rank": 1, "predicted (bytes)": "1,000", "measured (bytes)": "–", "difference (%)": "–"},
+    ]
 
 
 @pytest.mark.parametrize("key, typed, says", [

@@ -306,16 +306,16 @@ try:
 except (ValueError, IndexError) as err:
     st.error(f"Cannot predict this run's spec: {err}")
     st.stop()
-st.dataframe(
-    compared, hide_index=True, key="whatif_compare_table",
-    column_config={"difference_pct": st.column_config.NumberColumn("difference %", format="%.4f")},
-)
+compare_table = charts.compare_table(compared)
+st.dataframe(compare_table, hide_index=True, key="whatif_compare_table",
+             column_config={c: st.column_config.TextColumn(alignment="right") for c in compare_table.columns[2:]})
 totals = compared[compared["category"] == "total"]
 worst = totals["difference_bytes"].abs().max()
 exact = bool((compared["difference_bytes"] == 0).all())
 st.caption(
     ("Every category of every rank matches to the byte." if exact else f"Largest total difference: {worst:,} bytes.")
     + " Measured: the worker's walk over parameters, gradients and optimizer state after the last logged step."
+    + f" Difference: measured − predicted; {charts.NO_VALUE} where nothing was measured or no bytes were predicted."
 )
 st.altair_chart(charts.predicted_vs_measured_chart(compared), key="whatif_compare_chart")
 
@@ -326,16 +326,9 @@ if predicted_act is not None:
     if all(m is None for _, m in measured_act):
         st.caption("This run predates activation measurement (or ran uninstrumented): nothing measured to compare.")
     else:
-        want = predicted_act.total_bytes
-        st.dataframe(
-            pd.DataFrame(
-                {"rank": rank, "predicted_bytes": want, "measured_bytes": got,
-                 "difference_pct": None if got is None else 100.0 * (got - want) / want}
-                for rank, got in measured_act
-            ),
-            hide_index=True, key="whatif_activations_table",
-            column_config={"difference_pct": st.column_config.NumberColumn("difference %", format="%.2f")},
-        )
+        acts_table = charts.activations_table(predicted_act.total_bytes, measured_act)
+        st.dataframe(acts_table, hide_index=True, key="whatif_activations_table",
+                     column_config={c: st.column_config.TextColumn(alignment="right") for c in acts_table.columns[1:]})
         st.caption(
             "Predicted: Korthikanti et al.'s terms for this GPT (flash attention: torch SDPA keeps a log-sum-exp, not "
             "the s² scores), at the run's micro-batch and precision"
