@@ -32,6 +32,7 @@ TERM_COLORS = {  # the estimator's term names -> colours, the run charts' where 
 STAGE_ORDER = ["DDP (stage 0)", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
 STAGE_COLORS = ["#4C78A8", "#F58518", "#E45756", "#54A24B"]  # four hues a reader tells apart at a glance
 CHART_HEIGHT = 300
+LEGEND_COLUMNS = 2  # legends sit above the plots in two columns: they fit a half-width chart at 1,280 px
 RULE_SCALE = 3  # draw the capacity rule when it is at most this many times the tallest bar
 BAR_TITLE = "Memory per GPU by stage"
 LINE_TITLE = "Memory per GPU vs GPUs"
@@ -40,19 +41,24 @@ NO_VALUE = "–"  # a cell with no number: not measured, or a percentage of 0 pr
 
 
 TITLE_PADDING = {"top": 12, "left": 5, "right": 5, "bottom": 5}  # room above the title: Streamlit crops a flush one
+# Width fits the column, height is the plot's own: Streamlit's default ("fit") squeezes title, legend and axis into
+# the height too, which left the stage bars about 100 px tall once their legend moved above them.
+FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+PLOT_HEIGHT = 220  # the two side-by-side charts' plot areas, the same height
 
 
 def _title(text: str, subtitle: str) -> alt.TitleParams:
     return alt.TitleParams(text, subtitle=["the busiest rank", subtitle] if subtitle else "the busiest rank", anchor="start")
 
 
-def _capacity_layer(capacity_bytes: int | None, divisor: float, label: str, top: float):
-    """(rule layer or None, subtitle): the rule when capacity is on the bars' scale, else a subtitle line."""
+def _capacity_layer(capacity_bytes: int | None, divisor: float, label: str, top: float, above: str):
+    """(rule layer or None, subtitle): the rule when capacity is on the chart's scale, else a subtitle line saying it
+    is far above what the chart draws (`above`: "these bars", "every line")."""
     if capacity_bytes is None:
         return None, ""
     value = capacity_bytes / divisor
     if value > RULE_SCALE * top:
-        return None, f"{label} ({format_bytes(capacity_bytes)}) is far above these bars"
+        return None, f"{label} ({format_bytes(capacity_bytes)}) is far above {above}"
     frame = pd.DataFrame({"capacity": [value], "label": [label]})
     rule = alt.Chart(frame).mark_rule(color="black", strokeDash=[6, 3]).encode(y="capacity:Q")
     text = alt.Chart(frame).mark_text(align="left", dx=4, dy=-6).encode(y="capacity:Q", text="label:N", x=alt.value(0))
@@ -73,21 +79,23 @@ def stage_bar_chart(
         alt.Chart(frame)
         .mark_bar()
         .encode(
-            x=alt.X("stage:N", sort=STAGE_ORDER, title=None),
+            x=alt.X("stage:N", sort=STAGE_ORDER, title=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("value:Q", stack="zero", title=f"per GPU ({unit_note(unit)})"),
             color=alt.Color(
                 "term:N",
                 scale=alt.Scale(domain=terms_present, range=[TERM_COLORS[t] for t in terms_present]),
-                title="term",
+                title=None,
+                # Above the bars, not beside them: on the right the term names took over half a half-column.
+                legend=alt.Legend(orient="top", columns=LEGEND_COLUMNS, labelLimit=180),
             ),
             order=alt.Order("order:Q"),
             tooltip=["stage:N", "term:N", alt.Tooltip("value:Q", title=unit, format=",.3f"), alt.Tooltip("bytes:Q", format=",")],
         )
-        .properties(height=CHART_HEIGHT)
+        .properties(height=PLOT_HEIGHT)
     )
-    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor)
+    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor, "these bars")
     chart = (bars + rule) if rule is not None else bars
-    return chart.properties(title=_title(BAR_TITLE, subtitle), padding=TITLE_PADDING)
+    return chart.properties(title=_title(BAR_TITLE, subtitle), padding=TITLE_PADDING, autosize=FIT_WIDTH)
 
 
 def ranks_line_chart(
@@ -104,14 +112,15 @@ def ranks_line_chart(
         .encode(
             x=alt.X("ranks:Q", scale=alt.Scale(type="log", base=2), title="GPUs (N, log scale)"),
             y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=f"per GPU ({unit_note(unit)}, log)"),
-            color=alt.Color("stage:N", scale=alt.Scale(domain=STAGE_ORDER, range=STAGE_COLORS), title="stage"),
+            color=alt.Color("stage:N", scale=alt.Scale(domain=STAGE_ORDER, range=STAGE_COLORS), title=None,
+                            legend=alt.Legend(orient="top", columns=LEGEND_COLUMNS)),  # as the stage chart's
             tooltip=["stage:N", "ranks:Q", alt.Tooltip("value:Q", title=unit, format=",.3f")],
         )
-        .properties(height=CHART_HEIGHT)
+        .properties(height=PLOT_HEIGHT)
     )
-    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor)
+    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor, "every line")
     chart = (lines + rule) if rule is not None else lines
-    return chart.properties(title=_title(LINE_TITLE, subtitle), padding=TITLE_PADDING)
+    return chart.properties(title=_title(LINE_TITLE, subtitle), padding=TITLE_PADDING, autosize=FIT_WIDTH)
 
 
 def curve_ranks(ranks: int, most: int = MAX_RANKS) -> list[int]:

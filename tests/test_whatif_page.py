@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from app.whatif_charts import BAR_TITLE as BAR
 from app.whatif_charts import COMPARE_TITLE as COMPARE
 from app.whatif_charts import LINE_TITLE as LINE
+from app import whatif_charts as charts
 from app.whatif_charts import (activations_table, compare_table, curve_ranks, predicted_vs_measured_chart, stage_table,
                                summary_table, terms_by_stage)
 from tests.app_fixtures import charts_by_title, write_fixture_run
@@ -379,3 +380,27 @@ def test_curve_ranks_stop_at_the_estimators_limit_and_keep_n():
     assert curve_ranks(3000) == sorted({2**k for k in range(14)} | {3000})  # up to 4N = 12,000 -> 8,192
     assert curve_ranks(400_000)[-2:] == [400_000, 524_288]  # 4N = 1.6M is past the limit: cut there
     assert curve_ranks(MAX_RANKS)[-1] == MAX_RANKS and max(curve_ranks(MAX_RANKS)[:-1]) == 524_288
+
+
+def _legends(spec: dict) -> list[dict]:
+    """Every legend an Altair spec (layered or not) asks for."""
+    layers = spec.get("layer", [spec])
+    return [layer["encoding"]["color"].get("legend", {}) for layer in layers if "color" in layer.get("encoding", {})]
+
+
+def test_stage_bars_keep_the_width_the_legend_sits_above_or_below():
+    """With the legend on the right the 9 term names took over half a 1,280 px window's half-column."""
+    terms = pd.DataFrame({"stage": "ZeRO-1", "term": ["parameters", "gradients", "framework/CUDA context"],
+                          "bytes": [1, 2, 3]})
+    for capacity in (None, 10, 80 * GIB):  # with the capacity rule and without
+        legends = _legends(charts.stage_bar_chart(terms, capacity).to_dict())
+        assert legends and all(legend.get("orient") in ("top", "bottom") for legend in legends)
+
+
+def test_the_capacity_subtitle_names_what_each_chart_draws():
+    terms = pd.DataFrame({"stage": "ZeRO-1", "term": ["parameters"], "bytes": [GIB]})
+    curve = pd.DataFrame({"stage": "ZeRO-1", "ranks": [1, 2], "total_bytes": [2 * GIB, GIB]})
+    bars = charts.stage_bar_chart(terms, 80 * GIB, "A100").to_dict()["title"]["subtitle"]
+    lines = charts.ranks_line_chart(curve, 80 * GIB, "A100").to_dict()["title"]["subtitle"]
+    assert "far above these bars" in bars[-1]
+    assert "bars" not in lines[-1] and "far above every line" in lines[-1]
