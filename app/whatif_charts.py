@@ -148,7 +148,8 @@ def predicted_vs_measured_chart(rows: pd.DataFrame) -> alt.Chart:
         .encode(
             x=alt.X("source:N", title=None, sort=["predicted", "measured"]),
             y=alt.Y("value:Q", stack="zero", title=f"bytes ({unit_note(unit)})"),
-            color=alt.Color("category:N", title=None, scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
+            color=alt.Color("category:N", title=None,
+                            scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
                             legend=alt.Legend(orient="top", labelLimit=400)),
             order=alt.Order("order:Q"),
             column=alt.Column("rank:O", title="rank"),
@@ -245,6 +246,7 @@ def activations_table(predicted_bytes: int, measured: list[tuple[int, int | None
     writes them."""
     return pd.DataFrame(
         {"rank": rank, "predicted (bytes)": _bytes_cell(predicted_bytes), "measured (bytes)": _bytes_cell(got),
-         "difference (%)": NO_VALUE if got is None else _percent_cell(100.0 * (got - predicted_bytes) / predicted_bytes, 2)}
+         "difference (%)": NO_VALUE if got is None or not predicted_bytes
+         else _percent_cell(100.0 * (got - predicted_bytes) / predicted_bytes, 2)}
         for rank, got in measured
     )

@@ -12,6 +12,7 @@ from app.whatif_charts import BAR_TITLE as BAR
 from app.whatif_charts import COMPARE_TITLE as COMPARE
 from app.whatif_charts import LINE_TITLE as LINE
 from app import whatif_charts as charts
+from app.charts import CATEGORY_COLORS
 from app.whatif_charts import (activations_table, compare_table, curve_ranks, predicted_vs_measured_chart, stage_table,
                                summary_table, terms_by_stage)
 from tests.app_fixtures import charts_by_title, write_fixture_run
@@ -252,11 +253,9 @@ def test_compare_table_writes_missing_and_undefined_cells_as_a_dash():
 
 
 def test_predicted_vs_measured_chart_uses_the_run_charts_category_colours():
-    from app.charts import CATEGORY_COLORS
-
     rows = pd.DataFrame(
-        {"rank": 0, "category": c, "predicted_bytes": 8, "measured_bytes": 8, "difference_bytes": 0, "difference_pct": 0.0}
-        for c in ("params", "master", "grads", "optimizer", "total")
+        {"rank": 0, "category": c, "predicted_bytes": 8, "measured_bytes": 8, "difference_bytes": 0,
+         "difference_pct": 0.0} for c in ("params", "master", "grads", "optimizer", "total")
     )
     scale = predicted_vs_measured_chart(rows).to_dict()["encoding"]["color"]["scale"]
     assert dict(zip(scale["domain"], scale["range"])) == {
@@ -341,6 +340,7 @@ def test_activations_table_writes_an_unmeasured_rank_as_a_dash():
         {"rank": 0, "predicted (bytes)": "1,000", "measured (bytes)": "1,010", "difference (%)": "1.00"},
         {"rank": 1, "predicted (bytes)": "1,000", "measured (bytes)": "–", "difference (%)": "–"},
     ]
+    assert activations_table(0, [(0, 5)])["difference (%)"].tolist() == ["–"]  # a percentage of nothing
 
 
 @pytest.mark.parametrize("key, typed, says", [
