@@ -110,7 +110,9 @@ def ranks_line_chart(
         alt.Chart(frame)
         .mark_line(point=True)
         .encode(
-            x=alt.X("ranks:Q", scale=alt.Scale(type="log", base=2), title="GPUs (N, log scale)"),
+            # The curve's own ends: niced, 400,000 GPUs' axis ran to 1,048,576, past what the estimator takes.
+            x=alt.X("ranks:Q", scale=alt.Scale(type="log", base=2, domain=[1, int(frame["ranks"].max())], nice=False),
+                    title="GPUs (N, log scale)"),
             y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=f"per GPU ({unit_note(unit)}, log)"),
             color=alt.Color("stage:N", scale=alt.Scale(domain=STAGE_ORDER, range=STAGE_COLORS), title=None,
                             legend=alt.Legend(orient="top", columns=LEGEND_COLUMNS)),  # as the stage chart's

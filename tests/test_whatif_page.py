@@ -404,3 +404,11 @@ def test_the_capacity_subtitle_names_what_each_chart_draws():
     lines = charts.ranks_line_chart(curve, 80 * GIB, "A100").to_dict()["title"]["subtitle"]
     assert "far above these bars" in bars[-1]
     assert "bars" not in lines[-1] and "far above every line" in lines[-1]
+
+
+def test_the_gpus_axis_ends_at_the_largest_n_drawn():
+    """A log axis niced to the next power of two labelled 400,000 GPUs' curve '1,048,576', past the limit."""
+    curve = pd.DataFrame({"stage": "ZeRO-1", "ranks": curve_ranks(400_000), "total_bytes": GIB})
+    spec = charts.ranks_line_chart(curve).to_dict()
+    scale = spec["encoding"]["x"]["scale"]
+    assert scale["domain"] == [1, 524_288] and scale["nice"] is False  # the curve's own ends
