@@ -13,13 +13,15 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from engine.estimate import format_count
+from app.charts import CATEGORY_COLORS  # the run charts' model-state colours: one definition for the whole app
+from engine.estimate import MAX_RANKS, format_count
+from engine.runstore import CATEGORY_LABELS  # the estimator's and the run's category keys -> the names charts show
 from engine.units import display_unit, format_bytes, unit_note
 
-TERM_COLORS = {  # the estimator's term names -> colours shared with the run charts where they overlap
-    "parameters": "#4C78A8",
-    "gradients": "#F58518",
-    "optimizer state": "#E45756",
+TERM_COLORS = {  # the estimator's term names -> colours, the run charts' where they overlap
+    "parameters": CATEGORY_COLORS["parameters"],
+    "gradients": CATEGORY_COLORS["gradients"],
+    "optimizer state": CATEGORY_COLORS["optimizer state"],
     "master weights": "#72B7B2",
     "gathered layers (ZeRO-3)": "#9D755D",
     "activations": "#54A24B",
@@ -30,26 +32,33 @@ TERM_COLORS = {  # the estimator's term names -> colours shared with the run cha
 STAGE_ORDER = ["DDP (stage 0)", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
 STAGE_COLORS = ["#4C78A8", "#F58518", "#E45756", "#54A24B"]  # four hues a reader tells apart at a glance
 CHART_HEIGHT = 300
+LEGEND_COLUMNS = 2  # legends sit above the plots in two columns: they fit a half-width chart at 1,280 px
 RULE_SCALE = 3  # draw the capacity rule when it is at most this many times the tallest bar
 BAR_TITLE = "Memory per GPU by stage"
 LINE_TITLE = "Memory per GPU vs GPUs"
 COMPARE_TITLE = "Model state per rank: predicted vs measured"
+NO_VALUE = "–"  # a cell with no number: not measured, or a percentage of 0 predicted bytes
 
 
 TITLE_PADDING = {"top": 12, "left": 5, "right": 5, "bottom": 5}  # room above the title: Streamlit crops a flush one
+# Width fits the column, height is the plot's own: Streamlit's default ("fit") squeezes title, legend and axis into
+# the height too, which left the stage bars about 100 px tall once their legend moved above them.
+FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+PLOT_HEIGHT = 220  # the two side-by-side charts' plot areas, the same height
 
 
 def _title(text: str, subtitle: str) -> alt.TitleParams:
     return alt.TitleParams(text, subtitle=["the busiest rank", subtitle] if subtitle else "the busiest rank", anchor="start")
 
 
-def _capacity_layer(capacity_bytes: int | None, divisor: float, label: str, top: float):
-    """(rule layer or None, subtitle): the rule when capacity is on the bars' scale, else a subtitle line."""
+def _capacity_layer(capacity_bytes: int | None, divisor: float, label: str, top: float, above: str):
+    """(rule layer or None, subtitle): the rule when capacity is on the chart's scale, else a subtitle line saying it
+    is far above what the chart draws (`above`: "these bars", "every line")."""
     if capacity_bytes is None:
         return None, ""
     value = capacity_bytes / divisor
     if value > RULE_SCALE * top:
-        return None, f"{label} ({format_bytes(capacity_bytes)}) is far above these bars"
+        return None, f"{label} ({format_bytes(capacity_bytes)}) is far above {above}"
     frame = pd.DataFrame({"capacity": [value], "label": [label]})
     rule = alt.Chart(frame).mark_rule(color="black", strokeDash=[6, 3]).encode(y="capacity:Q")
     text = alt.Chart(frame).mark_text(align="left", dx=4, dy=-6).encode(y="capacity:Q", text="label:N", x=alt.value(0))
@@ -70,21 +79,23 @@ def stage_bar_chart(
         alt.Chart(frame)
         .mark_bar()
         .encode(
-            x=alt.X("stage:N", sort=STAGE_ORDER, title=None),
+            x=alt.X("stage:N", sort=STAGE_ORDER, title=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("value:Q", stack="zero", title=f"per GPU ({unit_note(unit)})"),
             color=alt.Color(
                 "term:N",
                 scale=alt.Scale(domain=terms_present, range=[TERM_COLORS[t] for t in terms_present]),
-                title="term",
+                title=None,
+                # Above the bars, not beside them: on the right the term names took over half a half-column.
+                legend=alt.Legend(orient="top", columns=LEGEND_COLUMNS, labelLimit=180),
             ),
             order=alt.Order("order:Q"),
             tooltip=["stage:N", "term:N", alt.Tooltip("value:Q", title=unit, format=",.3f"), alt.Tooltip("bytes:Q", format=",")],
         )
-        .properties(height=CHART_HEIGHT)
+        .properties(height=PLOT_HEIGHT)
     )
-    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor)
+    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor, "these bars")
     chart = (bars + rule) if rule is not None else bars
-    return chart.properties(title=_title(BAR_TITLE, subtitle), padding=TITLE_PADDING)
+    return chart.properties(title=_title(BAR_TITLE, subtitle), padding=TITLE_PADDING, autosize=FIT_WIDTH)
 
 
 def ranks_line_chart(
@@ -99,33 +110,50 @@ def ranks_line_chart(
         alt.Chart(frame)
         .mark_line(point=True)
         .encode(
-            x=alt.X("ranks:Q", scale=alt.Scale(type="log", base=2), title="GPUs (N, log scale)"),
+            # The curve's own ends: niced, 400,000 GPUs' axis ran to 1,048,576, past what the estimator takes.
+            x=alt.X("ranks:Q", scale=alt.Scale(type="log", base=2, domain=[1, int(frame["ranks"].max())], nice=False),
+                    title="GPUs (N, log scale)"),
             y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=f"per GPU ({unit_note(unit)}, log)"),
-            color=alt.Color("stage:N", scale=alt.Scale(domain=STAGE_ORDER, range=STAGE_COLORS), title="stage"),
+            color=alt.Color("stage:N", scale=alt.Scale(domain=STAGE_ORDER, range=STAGE_COLORS), title=None,
+                            legend=alt.Legend(orient="top", columns=LEGEND_COLUMNS)),  # as the stage chart's
             tooltip=["stage:N", "ranks:Q", alt.Tooltip("value:Q", title=unit, format=",.3f")],
         )
-        .properties(height=CHART_HEIGHT)
+        .properties(height=PLOT_HEIGHT)
     )
-    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor)
+    rule, subtitle = _capacity_layer(capacity_bytes, divisor, gpu_label, top_bytes / divisor, "every line")
     chart = (lines + rule) if rule is not None else lines
-    return chart.properties(title=_title(LINE_TITLE, subtitle), padding=TITLE_PADDING)
+    return chart.properties(title=_title(LINE_TITLE, subtitle), padding=TITLE_PADDING, autosize=FIT_WIDTH)
+
+
+def curve_ranks(ranks: int, most: int = MAX_RANKS) -> list[int]:
+    """The N the line chart draws: powers of two up to 4N (at least 1,024) and N itself, never past the most the
+    estimator takes (a curve to 4 x 400,000 GPUs rounded up asked it for 1,048,576 and blanked the page)."""
+    top = min(max(ranks * 4, 1024), most)
+    return sorted({2**k for k in range(top.bit_length())} | {ranks})
 
 
 def predicted_vs_measured_chart(rows: pd.DataFrame) -> alt.Chart:
-    """Per rank and category, predicted beside measured bytes (columns of estimate.compare_with_measured)."""
+    """Per rank and category, predicted beside measured bytes (columns of estimate.compare_with_measured), in the
+    run charts' category names and colours."""
     frame = rows[rows["category"] != "total"].melt(
         id_vars=["rank", "category"], value_vars=["predicted_bytes", "measured_bytes"], var_name="source", value_name="bytes"
     )
     frame["source"] = frame["source"].map({"predicted_bytes": "predicted", "measured_bytes": "measured"})
+    frame["category"] = frame["category"].map(CATEGORY_LABELS)
+    order = [c for c in CATEGORY_COLORS if c in set(frame["category"])]
+    frame["order"] = frame["category"].map(order.index)
     divisor, unit = display_unit(max([*frame["bytes"].fillna(0).tolist(), 1]))
     frame["value"] = frame["bytes"] / divisor
     return (
         alt.Chart(frame, title=COMPARE_TITLE)
         .mark_bar()
         .encode(
-            x=alt.X("source:N", title=None),
+            x=alt.X("source:N", title=None, sort=["predicted", "measured"]),
             y=alt.Y("value:Q", stack="zero", title=f"bytes ({unit_note(unit)})"),
-            color=alt.Color("category:N", title="category"),
+            color=alt.Color("category:N", title=None,
+                            scale=alt.Scale(domain=order, range=[CATEGORY_COLORS[c] for c in order]),
+                            legend=alt.Legend(orient="top", labelLimit=400)),
+            order=alt.Order("order:Q"),
             column=alt.Column("rank:O", title="rank"),
             tooltip=["rank:O", "category:N", "source:N", alt.Tooltip("bytes:Q", format=",")],
         )
@@ -191,4 +219,36 @@ def terms_by_stage(table: pd.DataFrame) -> pd.DataFrame:
     turned = table.set_index("stage").T
     return pd.DataFrame(
         {"quantity": turned.index, **{stage: [_cell(v) for v in turned[stage]] for stage in turned.columns}}
+    )
+
+
+def _bytes_cell(value) -> str:
+    return NO_VALUE if value is None or pd.isna(value) else f"{int(value):,}"
+
+
+def _percent_cell(value, digits: int) -> str:
+    return NO_VALUE if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def compare_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """estimate.compare_with_measured's rows as the page shows them: the run charts' category names, headers with
+    their units, numbers written out and a dash where there is none (not measured; a percentage of 0 bytes)."""
+    return pd.DataFrame({
+        "rank": rows["rank"],
+        "category": rows["category"].map({**CATEGORY_LABELS, "total": "total"}),
+        "predicted (bytes)": [_bytes_cell(v) for v in rows["predicted_bytes"]],
+        "measured (bytes)": [_bytes_cell(v) for v in rows["measured_bytes"]],
+        "difference (bytes)": [_bytes_cell(v) for v in rows["difference_bytes"]],
+        "difference (%)": [_percent_cell(v, 4) for v in rows["difference_pct"]],
+    })
+
+
+def activations_table(predicted_bytes: int, measured: list[tuple[int, int | None]]) -> pd.DataFrame:
+    """Per rank (rank, measured bytes or None), the predicted activation bytes beside the measured, as compare_table
+    writes them."""
+    return pd.DataFrame(
+        {"rank": rank, "predicted (bytes)": _bytes_cell(predicted_bytes), "measured (bytes)": _bytes_cell(got),
+         "difference (%)": NO_VALUE if got is None or not predicted_bytes
+         else _percent_cell(100.0 * (got - predicted_bytes) / predicted_bytes, 2)}
+        for rank, got in measured
     )

@@ -11,9 +11,12 @@ from streamlit.testing.v1 import AppTest
 from app.whatif_charts import BAR_TITLE as BAR
 from app.whatif_charts import COMPARE_TITLE as COMPARE
 from app.whatif_charts import LINE_TITLE as LINE
-from app.whatif_charts import stage_table, summary_table, terms_by_stage
+from app import whatif_charts as charts
+from app.charts import CATEGORY_COLORS
+from app.whatif_charts import (activations_table, compare_table, curve_ranks, predicted_vs_measured_chart, stage_table,
+                               summary_table, terms_by_stage)
 from tests.app_fixtures import charts_by_title, write_fixture_run
-from engine.estimate import GB, GIB, MIB, Scenario, activations_for_spec, estimate_for_spec, stage_rows
+from engine.estimate import GB, GIB, MAX_RANKS, MIB, Scenario, activations_for_spec, estimate_for_spec, stage_rows
 from engine.spec import JobSpec
 
 PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "whatif.py")
@@ -206,16 +209,59 @@ def test_predicted_beside_measured_for_a_finished_run(runs):
     at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()  # mlp/tiny on digits
     assert at.selectbox(key="whatif_run").value == "fixture-zero1"
     assert at.selectbox(key="whatif_run").options == ["fixture-zero1 — zero1, 2 ranks, fp32"]
-    compared = next(d.value for d in at.dataframe if "measured_bytes" in d.value.columns)
+    shown = next(d.value for d in at.dataframe if "measured (bytes)" in d.value.columns)
+    assert list(shown.columns) == ["rank", "category", "predicted (bytes)", "measured (bytes)", "difference (bytes)",
+                                   "difference (%)"]
+    assert list(shown["category"][:5]) == ["parameters", "master params (ZeRO-2 shards)", "gradients",
+                                           "optimizer state", "total"]  # as the run charts name them
+    compared = shown.map(lambda v: parse_cell(v) if isinstance(v, str) else v)
     assert len(compared) == 2 * 5  # ranks x (params, master, grads, optimizer, total)
     predicted = estimate_for_spec(JobSpec(strategy="zero1", nproc=2))
-    assert list(compared[compared["category"] == "total"]["predicted_bytes"]) == [p.total_bytes for p in predicted]
+    totals = compared[compared["category"] == "total"]
+    assert list(totals["predicted (bytes)"]) == [p.total_bytes for p in predicted]
     # The fixture follows the idealised formula (optimizer 2 x 4Ψ/N, no step tensors, even split), so it differs.
-    diffs = compared.set_index(["rank", "category"])["difference_bytes"]
-    assert diffs[(0, "params")] == 0 and diffs[(0, "optimizer")] != 0
-    row = compared.set_index(["rank", "category"]).loc[(0, "optimizer")]
-    assert row["difference_pct"] == pytest.approx(100 * row["difference_bytes"] / row["predicted_bytes"])
+    rows = compared.set_index(["rank", "category"])
+    assert rows.loc[(0, "parameters"), "difference (bytes)"] == 0
+    row = rows.loc[(0, "optimizer state")]
+    assert row["difference (bytes)"] != 0
+    assert row["difference (%)"] == pytest.approx(100 * row["difference (bytes)"] / row["predicted (bytes)"], abs=1e-4)
+    # ZeRO-1 keeps no master shard: 0 predicted, 0 measured, a percentage of nothing is undefined, not 'None'.
+    master = shown.set_index(["rank", "category"]).loc[(0, "master params (ZeRO-2 shards)")]
+    assert master["predicted (bytes)"] == "0" and master["difference (%)"] == "–"
+    assert "None" not in shown.to_string()
     assert COMPARE in charts_by_title(at)
+
+
+def test_compare_table_writes_missing_and_undefined_cells_as_a_dash():
+    rows = pd.DataFrame([
+        {"rank": 0, "category": "params", "predicted_bytes": 1000, "measured_bytes": 1010, "difference_bytes": 10,
+         "difference_pct": 1.0},
+        {"rank": 0, "category": "master", "predicted_bytes": 0, "measured_bytes": 0, "difference_bytes": 0,
+         "difference_pct": None},
+        {"rank": 0, "category": "grads", "predicted_bytes": 1000, "measured_bytes": None, "difference_bytes": None,
+         "difference_pct": None},
+    ])
+    shown = compare_table(rows)
+    assert shown.to_dict("records") == [
+        {"rank": 0, "category": "parameters", "predicted (bytes)": "1,000", "measured (bytes)": "1,010",
+         "difference (bytes)": "10", "difference (%)": "1.0000"},
+        {"rank": 0, "category": "master params (ZeRO-2 shards)", "predicted (bytes)": "0", "measured (bytes)": "0",
+         "difference (bytes)": "0", "difference (%)": "–"},
+        {"rank": 0, "category": "gradients", "predicted (bytes)": "1,000", "measured (bytes)": "–",
+         "difference (bytes)": "–", "difference (%)": "–"},
+    ]
+
+
+def test_predicted_vs_measured_chart_uses_the_run_charts_category_colours():
+    rows = pd.DataFrame(
+        {"rank": 0, "category": c, "predicted_bytes": 8, "measured_bytes": 8, "difference_bytes": 0,
+         "difference_pct": 0.0} for c in ("params", "master", "grads", "optimizer", "total")
+    )
+    scale = predicted_vs_measured_chart(rows).to_dict()["encoding"]["color"]["scale"]
+    assert dict(zip(scale["domain"], scale["range"])) == {
+        "parameters": "#4C78A8", "master params (ZeRO-2 shards)": CATEGORY_COLORS["master params (ZeRO-2 shards)"],
+        "gradients": "#F58518", "optimizer state": "#E45756",
+    }
 
 
 def test_published_models_are_estimated_without_importing_torch(tmp_path):
@@ -280,9 +326,21 @@ def test_activations_predicted_beside_measured(runs):
     at = page(runs)
     at.radio(key="whatif_source").set_value("ShardLab model (exact)").run()
     at.selectbox(key="whatif_model").set_value("gpt").run()
-    acts = next(d.value for d in at.dataframe if "predicted_bytes" in d.value.columns and "category" not in d.value.columns)
-    assert list(acts["predicted_bytes"]) == [want, want] and list(acts["measured_bytes"]) == [int(want * 1.01)] * 2
-    assert acts["difference_pct"].round(1).tolist() == [1.0, 1.0]
+    acts = next(d.value for d in at.dataframe
+                if "predicted (bytes)" in d.value.columns and "category" not in d.value.columns)
+    assert list(acts.columns) == ["rank", "predicted (bytes)", "measured (bytes)", "difference (%)"]
+    assert list(acts["predicted (bytes)"]) == [f"{want:,}"] * 2
+    assert list(acts["measured (bytes)"]) == [f"{int(want * 1.01):,}"] * 2
+    assert [round(float(p), 1) for p in acts["difference (%)"]] == [1.0, 1.0]
+
+
+def test_activations_table_writes_an_unmeasured_rank_as_a_dash():
+    shown = activations_table(1000, [(0, 1010), (1, None)])
+    assert shown.to_dict("records") == [
+        {"rank": 0, "predicted (bytes)": "1,000", "measured (bytes)": "1,010", "difference (%)": "1.00"},
+        {"rank": 1, "predicted (bytes)": "1,000", "measured (bytes)": "–", "difference (%)": "–"},
+    ]
+    assert activations_table(0, [(0, 5)])["difference (%)"].tolist() == ["–"]  # a percentage of nothing
 
 
 @pytest.mark.parametrize("key, typed, says", [
@@ -303,3 +361,54 @@ def test_an_out_of_range_number_stays_as_typed_and_computes_nothing(runs, key, t
     messages = [e.value for e in at.error]
     assert says in messages
     assert any(m.startswith("Numbers out of range in the sidebar") for m in messages)
+
+
+@pytest.mark.parametrize("nodes", [50_000, 100_000, 125_000])  # 400,000 / 800,000 / 1,000,000 GPUs: all valid
+def test_a_valid_cluster_near_the_limit_draws_its_curve_up_to_the_limit(runs, nodes):
+    """The curve went to 4N rounded to a power of two: 400,000 GPUs asked for 1,048,576 and blanked the page with a
+    number nobody typed."""
+    at = page(runs)
+    at.number_input(key="whatif_nodes").set_value(nodes).run()
+    assert not at.exception and not at.error
+    assert table(at) is not None
+    curve = pd.concat(charts_by_title(at)[LINE])
+    assert curve["ranks"].max() <= MAX_RANKS and nodes * 8 in set(curve["ranks"])
+
+
+def test_curve_ranks_stop_at_the_estimators_limit_and_keep_n():
+    assert curve_ranks(8) == [2**k for k in range(11)]  # 1 ... 1,024
+    assert curve_ranks(3000) == sorted({2**k for k in range(14)} | {3000})  # up to 4N = 12,000 -> 8,192
+    assert curve_ranks(400_000)[-2:] == [400_000, 524_288]  # 4N = 1.6M is past the limit: cut there
+    assert curve_ranks(MAX_RANKS)[-1] == MAX_RANKS and max(curve_ranks(MAX_RANKS)[:-1]) == 524_288
+
+
+def _legends(spec: dict) -> list[dict]:
+    """Every legend an Altair spec (layered or not) asks for."""
+    layers = spec.get("layer", [spec])
+    return [layer["encoding"]["color"].get("legend", {}) for layer in layers if "color" in layer.get("encoding", {})]
+
+
+def test_stage_bars_keep_the_width_the_legend_sits_above_or_below():
+    """With the legend on the right the 9 term names took over half a 1,280 px window's half-column."""
+    terms = pd.DataFrame({"stage": "ZeRO-1", "term": ["parameters", "gradients", "framework/CUDA context"],
+                          "bytes": [1, 2, 3]})
+    for capacity in (None, 10, 80 * GIB):  # with the capacity rule and without
+        legends = _legends(charts.stage_bar_chart(terms, capacity).to_dict())
+        assert legends and all(legend.get("orient") in ("top", "bottom") for legend in legends)
+
+
+def test_the_capacity_subtitle_names_what_each_chart_draws():
+    terms = pd.DataFrame({"stage": "ZeRO-1", "term": ["parameters"], "bytes": [GIB]})
+    curve = pd.DataFrame({"stage": "ZeRO-1", "ranks": [1, 2], "total_bytes": [2 * GIB, GIB]})
+    bars = charts.stage_bar_chart(terms, 80 * GIB, "A100").to_dict()["title"]["subtitle"]
+    lines = charts.ranks_line_chart(curve, 80 * GIB, "A100").to_dict()["title"]["subtitle"]
+    assert "far above these bars" in bars[-1]
+    assert "bars" not in lines[-1] and "far above every line" in lines[-1]
+
+
+def test_the_gpus_axis_ends_at_the_largest_n_drawn():
+    """A log axis niced to the next power of two labelled 400,000 GPUs' curve '1,048,576', past the limit."""
+    curve = pd.DataFrame({"stage": "ZeRO-1", "ranks": curve_ranks(400_000), "total_bytes": GIB})
+    spec = charts.ranks_line_chart(curve).to_dict()
+    scale = spec["encoding"]["x"]["scale"]
+    assert scale["domain"] == [1, 524_288] and scale["nice"] is False  # the curve's own ends

@@ -20,7 +20,6 @@ SOURCES = ("Published architecture", "ShardLab model (exact)", "Parameter count"
 MEMORY_MODEL_LABELS = {"paper": "ZeRO paper", "deepspeed": "DeepSpeed runtime", "pytorch": "PyTorch (FSDP2, exact)"}
 CUSTOM_GPU = "Custom capacity"
 UNITS = ("GiB (2^30 bytes)", "GB (1e9 bytes, the ZeRO paper's)")
-CURVE_POINTS = 21  # N = 1, 2, 4, ... 2^20 at most
 
 
 out_of_range: list[str] = []  # messages for numbers typed outside their range; the page computes nothing then
@@ -207,8 +206,7 @@ try:
     scenario = scenario_for(memory_model)
     rows = est.stage_rows(scenario, capacity_bytes)
     terms = pd.DataFrame(est.stage_terms(scenario))
-    curve_ranks = sorted({2**k for k in range(CURVE_POINTS) if 2**k <= max(ranks * 4, 1024)} | {ranks})
-    curve = pd.DataFrame(est.ranks_curve(scenario, curve_ranks))
+    curve = pd.DataFrame(est.ranks_curve(scenario, charts.curve_ranks(ranks)))
 except ValueError as err:
     st.error(str(err), icon=":material/error:")
     st.stop()
@@ -308,16 +306,16 @@ try:
 except (ValueError, IndexError) as err:
     st.error(f"Cannot predict this run's spec: {err}")
     st.stop()
-st.dataframe(
-    compared, hide_index=True, key="whatif_compare_table",
-    column_config={"difference_pct": st.column_config.NumberColumn("difference %", format="%.4f")},
-)
+compare_table = charts.compare_table(compared)
+st.dataframe(compare_table, hide_index=True, key="whatif_compare_table",
+             column_config={c: st.column_config.TextColumn(alignment="right") for c in compare_table.columns[2:]})
 totals = compared[compared["category"] == "total"]
 worst = totals["difference_bytes"].abs().max()
 exact = bool((compared["difference_bytes"] == 0).all())
 st.caption(
     ("Every category of every rank matches to the byte." if exact else f"Largest total difference: {worst:,} bytes.")
     + " Measured: the worker's walk over parameters, gradients and optimizer state after the last logged step."
+    + f" Difference: measured − predicted; {charts.NO_VALUE} where nothing was measured or no bytes were predicted."
 )
 st.altair_chart(charts.predicted_vs_measured_chart(compared), key="whatif_compare_chart")
 
@@ -328,16 +326,9 @@ if predicted_act is not None:
     if all(m is None for _, m in measured_act):
         st.caption("This run predates activation measurement (or ran uninstrumented): nothing measured to compare.")
     else:
-        want = predicted_act.total_bytes
-        st.dataframe(
-            pd.DataFrame(
-                {"rank": rank, "predicted_bytes": want, "measured_bytes": got,
-                 "difference_pct": None if got is None else 100.0 * (got - want) / want}
-                for rank, got in measured_act
-            ),
-            hide_index=True, key="whatif_activations_table",
-            column_config={"difference_pct": st.column_config.NumberColumn("difference %", format="%.2f")},
-        )
+        acts_table = charts.activations_table(predicted_act.total_bytes, measured_act)
+        st.dataframe(acts_table, hide_index=True, key="whatif_activations_table",
+                     column_config={c: st.column_config.TextColumn(alignment="right") for c in acts_table.columns[1:]})
         st.caption(
             "Predicted: Korthikanti et al.'s terms for this GPT (flash attention: torch SDPA keeps a log-sum-exp, not "
             "the s² scores), at the run's micro-batch and precision"
