@@ -184,3 +184,10 @@ def test_what_pytorch_sends_reads_as_right_arithmetic(tmp_path, monkeypatch):
         "ZeRO-2": "reduce-scatter of Ψ + all-gather of Ψ = 2Ψ",
         "ZeRO-3": "2 all-gathers of Ψ + reduce-scatter of Ψ = 3Ψ",
     }
+
+
+def test_a_small_psi_is_shown_as_typed_not_rounded_to_two_decimals():
+    """Streamlit's default float format "%0.2f" showed a typed 0.004 as "0.00" while the chart used 0.004."""
+    at = AppTest.from_file(str(ROOT / "app" / "views" / "learn.py"), default_timeout=30).run()
+    field = at.number_input(key="learn_psi")
+    assert field.proto.format == "%g" and "%g" % 0.004 == "0.004"

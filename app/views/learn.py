@@ -86,7 +86,8 @@ def who_holds_what() -> None:
 def memory_and_traffic(groups: list[dict]) -> None:
     st.subheader("Memory and traffic per rank", anchor="memory-and-traffic")
     left, right = st.columns(2)
-    psi_b = left.number_input("Ψ, parameters (billions)", value=7.5, step=0.5, key="learn_psi")
+    # "%g": shown as typed (Streamlit's default "%0.2f" showed 0.004 as "0.00" while the chart used 0.004)
+    psi_b = left.number_input("Ψ, parameters (billions)", value=7.5, step=0.5, format="%g", key="learn_psi")
     n = right.number_input("N, ranks", value=64, step=1, key="learn_n")
     if not 0.001 <= psi_b <= MAX_PARAMS / 1e9:
         left.error(f"Choose 0.001 to {MAX_PARAMS / 1e9:,.0f} billion (got {psi_b:,g}).", icon=":material/error:")

@@ -32,6 +32,8 @@ def bounded_number(label: str, lo, hi, *args, key: str, **kwargs):
     def plain(x) -> str:  # 1,000,000 rather than 1e+06
         return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:,g}"
 
+    if isinstance(lo, float):  # as typed: Streamlit's default "%0.2f" showed a typed 0.004 as "0.00"
+        kwargs.setdefault("format", "%g")
     value = st.number_input(label, None, None, *args, key=key, **kwargs)
     if value is not None and not lo <= value <= hi:
         out_of_range.append(f"{label}: {plain(value)} is out of range ({plain(lo)} to {plain(hi)})")
