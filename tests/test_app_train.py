@@ -316,6 +316,7 @@ def test_a_cancelled_run_reads_as_a_cancel(runs):
     at = train_page(run="stopped-early")
     by_label = {e.label.split(" (")[0]: e for e in at.expander}
     assert by_label["Log"].code[0].value.startswith("torchrun printed nothing before the cancel")
+    assert by_label["Log"].code[0].proto.wrap_lines, "long log lines wrap instead of scrolling sideways"
     assert "SignalException" in shutdown.code[0].value and "Connection closed by peer" in shutdown.code[0].value
 
 

@@ -323,3 +323,24 @@ def test_every_live_chart_of_the_run_view_validates_with_its_rows_under_the_fixe
         assert spec["data"] == {"name": charts.LIVE_ROWS} and not spec["datasets"][charts.LIVE_ROWS].empty
     with pytest.raises(TypeError):
         charts.live_spec(charts.comm_chart(latest, 1000))  # two layers with rows of their own
+
+
+def test_step_axes_show_whole_steps_only():
+    """A run with a few steps drew ticks at 1.5, 2.5, ...: steps are whole."""
+    train = frame("ddp")
+    for chart in (charts.loss_chart(train), charts.throughput_chart(train), charts.step_time_chart(train),
+                  charts.memory_over_steps_chart(train), charts.cumulative_comm_chart(train)):
+        axis = chart.to_dict()["encoding"]["x"]["axis"]
+        assert axis["tickMinStep"] == 1 and axis["format"] == "d"
+
+
+def test_the_predicted_staircase_draws_the_chosen_strategy_in_full_and_the_others_faint():
+    from app import lesson_charts
+    from engine.estimate import ModelStates
+
+    states = {s: [ModelStates(4000, 4000, 8000, 0)] * 2 for s in ("ddp", "zero1", "zero2", "zero3")}
+    spec = lesson_charts.staircase_chart(lesson_charts.predicted_latest(states), chosen="zero2").to_dict()
+    opacity = spec["encoding"]["opacity"]
+    assert opacity["condition"]["test"] == "(datum.strategy === 'ZeRO-2')" and opacity["value"] < 1
+    plain = lesson_charts.staircase_chart(lesson_charts.predicted_latest(states)).to_dict()["encoding"]
+    assert plain["opacity"] == {"value": 1.0}, "without a pick (the Compare page) every bar is in full colour"
