@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -18,6 +15,7 @@ from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from app.serving import ALLOW_REMOTE_ENV, EXPLICIT_SOURCES, SAFE, serving_problems
+from tests.test_browser import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "app" / "shardlab.py"
@@ -76,9 +74,7 @@ def test_streamlit_reads_the_safe_settings_from_any_working_directory(tmp_path):
 
 
 def test_started_from_another_directory_it_binds_only_this_machine(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "HOME": str(tmp_path)}
     for name in [k for k in env if k.startswith("STREAMLIT_")]:
         env.pop(name)
@@ -86,15 +82,7 @@ def test_started_from_another_directory_it_binds_only_this_machine(tmp_path):
                                "--server.headless", "true"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "streamlit did not serve"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}", server)
         listening = {c.laddr.ip for c in psutil.Process(server.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}
     finally:
