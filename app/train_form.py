@@ -9,7 +9,6 @@ that, so the value as typed goes to JobSpec and a bad one is refused under its f
 from __future__ import annotations
 
 import dataclasses
-import threading
 import uuid
 
 import streamlit as st
@@ -127,32 +126,6 @@ def _session_id() -> str:
     return st.session_state.setdefault(state.SESSION_ID, uuid.uuid4().hex)
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
-def _launch_prepared(model: str, size: str, dataset: str, _spec: JobSpec) -> threading.Thread:
-    """engine.launcher.prepare in a background thread, once per model and process (the spec rides along
-    unhashed: only its model matters to what is prepared)."""
-    thread = threading.Thread(target=_prepare_quietly, args=(_spec,), name="shardlab-launch-prepare", daemon=True)
-    thread.start()
-    return thread
-
-
-def _prepare_quietly(spec: JobSpec) -> None:
-    try:
-        launcher.prepare(spec)
-    except (SpecError, OSError):
-        pass  # only a head start: Launch runs the same check and shows what is wrong
-
-
-def prepare_launch() -> None:
-    """Gives Launch a head start while the form is read: torch imported and the model laid out for the memory
-    check (bench/bench_browser.py: the first Launch of a fresh server reached its first step 1.2 s later without)."""
-    try:
-        spec = JobSpec(**state.form_values())
-    except SpecError:
-        return
-    _launch_prepared(spec.model, spec.size, spec.dataset, spec)
-
-
 def keep_standby_warm() -> None:
     """Keeps one warm torchrun job of the form's shape (engine/standby.py), so Launch skips the cold start.
     Not while this session's run trains: its warm-up would take the cores from the run being watched."""
@@ -187,12 +160,13 @@ def _predicted_staircase(spec: dict) -> dict:
 
 def render_state_preview() -> None:
     """The staircase the four strategies will climb down, predicted from the model's tensor shapes before any
-    run: the picture a class reads while the form is filled in. Drawing a chart here also has the browser
-    load its charting code before Launch, so the run's first loss point is not kept waiting for it."""
+    run: the picture a class reads while the form is filled in. It also gives the first Launch a head start:
+    the browser loads its charting code here, and the server imports torch and lays the model out (the shapes
+    are cached, and Launch's memory check reads the same cache), so the run's first loss point waits for neither."""
     try:
         spec = form_spec(state.form_values())
         predicted = _predicted_staircase(dataclasses.asdict(spec))
-    except (SpecError, ValueError) as error:
+    except ValueError as error:  # a SpecError from the form, or a model the estimator cannot lay out
         st.caption(f"No prediction of what each rank will hold for this form: {error}.")
         return  # nothing launched; Launch shows the same reason under its field
     st.altair_chart(lesson_charts.staircase_chart(predicted, title=PREVIEW_TITLE, chosen=spec.strategy),
@@ -291,7 +265,6 @@ def render_train_form() -> None:
 
     _field_error("")
     keep_standby_warm()
-    prepare_launch()
     st.button("Launch", type="primary", icon=":material/rocket_launch:", key=state.LAUNCH_BUTTON,
               on_click=launch_from_form)
     render_cluster_commands(state.form_values())

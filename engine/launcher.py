@@ -43,14 +43,6 @@ def predicted_memory_bytes(spec: JobSpec) -> dict:
     return {"model_state_bytes": states, "baseline_bytes": baseline, "total_bytes": states + baseline}
 
 
-def prepare(spec: JobSpec) -> None:
-    """Does the slow part of launching `spec` ahead of the launch: importing torch and laying the model out
-    on the meta device for the memory check (about 1.5 s the first time in a process, cached after). The
-    dashboard calls it in the background while the form is read, so the first Launch does not wait for it."""
-    if spec.device == "cpu":
-        predicted_memory_bytes(spec)
-
-
 def check_launchable(spec: JobSpec) -> None:
     """Everything that would make the run fail before its first step, as a SpecError, before anything starts."""
     check_resources(spec, count_gpus() if spec.device == "cuda" else 0)
